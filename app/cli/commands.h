@@ -1,0 +1,16 @@
+#pragma once
+// The `moebius` subcommands. Each returns the process exit code and throws moebius::Error on bad input.
+#include <string>
+#include <vector>
+
+namespace moebius::cli {
+
+using Argv = std::vector<std::string>;
+
+int cmd_info(const Argv& argv);
+int cmd_tokenize(const Argv& argv);
+int cmd_forward(const Argv& argv);
+int cmd_generate(const Argv& argv);
+int cmd_ppl(const Argv& argv);
+
+} // namespace moebius::cli

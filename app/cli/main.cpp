@@ -1,0 +1,70 @@
+// `moebius`: the command-line front end. Every subcommand has a --json form that prints exactly one JSON object on
+// stdout; any error prints one line on stderr and exits non-zero.
+#include <cstring>
+#include <iostream>
+#include <string>
+
+#include "app/cli/commands.h"
+#include "engine/core/error.h"
+
+namespace {
+
+struct Command {
+    const char* name;
+    int (*fn)(const moebius::cli::Argv&);
+    const char* help;
+};
+
+const Command k_commands[] = {
+    {"info", moebius::cli::cmd_info, "info [MODEL] [--json]                         model family, size, experts"},
+    {"tokenize", moebius::cli::cmd_tokenize, "tokenize [MODEL] --text STR [--json]         token ids of a text"},
+    {"forward", moebius::cli::cmd_forward, "forward [MODEL] --ids 1,2,3 [--json]         logits and routed experts"},
+    {"generate", moebius::cli::cmd_generate,
+     "generate [MODEL] --prompt STR [--chat] [--system STR] [--max-tokens N] [--temperature T] [--top-k K]\n"
+     "           [--top-p P] [--min-p P] [--repetition-penalty R] [--seed S] [--json]   stream a completion"},
+    {"ppl", moebius::cli::cmd_ppl, "ppl [MODEL] [--text FILE] [--seqlen N] [--json]     perplexity"},
+};
+
+void usage(std::ostream& os) {
+    os << "moebius " << MOEBIUS_VERSION << " — compress and run Mixture-of-Experts LLMs\n\n"
+       << "usage: moebius COMMAND [MODEL] [options]\n"
+       << "MODEL is a Hugging Face checkpoint folder; it defaults to the bundled tiny Qwen2-MoE.\n"
+       << "Common options: --json (one JSON object on stdout), --threads N.\n\ncommands:\n";
+    for (const auto& c : k_commands) os << "  " << c.help << "\n";
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    if (argc < 2) {
+        usage(std::cerr);
+        return 2;
+    }
+    std::string cmd = argv[1];
+    if (cmd == "--version" || cmd == "version") {
+        std::cout << "moebius " << MOEBIUS_VERSION << std::endl;
+        return 0;
+    }
+    if (cmd == "--help" || cmd == "-h" || cmd == "help") {
+        usage(std::cout);
+        return 0;
+    }
+    moebius::cli::Argv rest(argv + 2, argv + argc);
+    for (const auto& c : k_commands) {
+        if (cmd != c.name) continue;
+        try {
+            return c.fn(rest);
+        } catch (const moebius::Cancelled&) {
+            std::cerr << "moebius " << cmd << ": cancelled" << std::endl;
+            return 130;
+        } catch (const moebius::InputError& e) {
+            std::cerr << "moebius " << cmd << ": error: " << e.what() << std::endl;
+            return 2;
+        } catch (const std::exception& e) {
+            std::cerr << "moebius " << cmd << ": error: " << e.what() << std::endl;
+            return 1;
+        }
+    }
+    std::cerr << "moebius: unknown command '" << cmd << "' (see moebius --help)" << std::endl;
+    return 2;
+}

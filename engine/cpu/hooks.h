@@ -1,0 +1,48 @@
+#pragma once
+// Observation points of the forward pass. Calibration, statistics and analysis attach callbacks here instead of
+// touching model code. All pointers are valid only during the callback.
+#include <functional>
+
+#include "engine/core/model_config.h"
+
+namespace moebius {
+
+struct LinearEvent {
+    int          layer;
+    LinearKind   kind;
+    int          expert;        // routed expert id, -1 otherwise
+    int          n;             // rows (tokens) in x and y
+    int          in, out;
+    const float* x;             // (n, in) input of the linear
+    const float* y;             // (n, out) output (before bias)
+    const int*   token_index;   // experts: (n) row of each token within the batch; nullptr otherwise
+    const int*   positions;     // (n) absolute positions of those tokens
+    const float* router_weight; // experts: (n) combine weight of this expert for each token; nullptr otherwise
+};
+
+struct RouterEvent {
+    int          layer;
+    int          n, n_expert, k;
+    const float* logits;  // (n, n_expert)
+    const float* probs;   // (n, n_expert) softmax in f32
+    const int*   topk_ids;     // (n, k) sorted by descending weight
+    const float* topk_weights; // (n, k) combine weights (after optional renormalisation)
+    const int*   positions;    // (n)
+};
+
+struct LayerEvent {
+    int          layer;
+    int          n, n_embd;
+    const float* input;  // (n, n_embd) residual stream entering the layer
+    const float* output; // (n, n_embd) leaving it
+    const int*   positions;
+};
+
+struct Hooks {
+    std::function<void(const LinearEvent&)> on_linear;
+    std::function<void(const RouterEvent&)> on_router;
+    std::function<void(const LayerEvent&)>  on_layer;
+    bool any() const { return on_linear || on_router || on_layer; }
+};
+
+} // namespace moebius

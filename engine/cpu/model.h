@@ -1,0 +1,84 @@
+#pragma once
+// The CPU reference model: f32 math over any supported MoE family (one forward, per-family switches from
+// FamilyTraits), KV cache, batched prefill, hooks on every linear/router/layer.
+#include <array>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <vector>
+
+#include "engine/core/model_config.h"
+#include "engine/core/progress.h"
+#include "engine/cpu/hooks.h"
+#include "engine/cpu/linear.h"
+
+namespace moebius {
+
+class WeightStore;
+
+struct LayerWeights {
+    std::vector<float>      attn_norm, ffn_norm; // (n_embd)
+    std::unique_ptr<Linear> q, k, v, o;
+    std::vector<float>      bq, bk, bv, bo;      // empty when the family has no bias
+    std::vector<float>      q_norm, k_norm;      // (head_dim) per-head or (n_head*head_dim) full; empty if none
+    bool                    is_moe = false;
+    std::unique_ptr<Linear> router;                                  // (n_expert, n_embd)
+    std::vector<std::array<std::unique_ptr<Linear>, 3>> experts;     // [n_expert] gate, up, down
+    std::unique_ptr<Linear> shared_gate, shared_up, shared_down;     // shared expert(s), may be null
+    std::unique_ptr<Linear> shared_expert_gate;                      // (1, n_embd), Qwen2-MoE only
+    std::unique_ptr<Linear> dense_gate, dense_up, dense_down;        // dense FFN layers
+
+    // The slot holding a linear of this kind (nullptr reference if the layer has none).
+    std::unique_ptr<Linear>& slot(LinearKind kind, int expert = -1);
+};
+
+// Keys and values of every layer for one sequence.
+struct KVCache {
+    int                             n_ctx  = 0;
+    int                             kv_dim = 0;
+    int                             n_past = 0;
+    std::vector<std::vector<float>> k, v; // [n_layer] (n_ctx, kv_dim)
+    void                            clear() { n_past = 0; }
+};
+
+class Model {
+public:
+    // Loads a checkpoint directory; validates every tensor's shape against config.json. progress may cancel.
+    static std::unique_ptr<Model> load(const std::filesystem::path& dir, const ProgressFn& progress = {});
+    // Builds from an open store (the quantizer uses this with replaced linears).
+    static std::unique_ptr<Model> load(const ModelSpec& spec, const WeightStore& store, const ProgressFn& progress = {});
+
+    const ModelSpec& spec() const { return spec_; }
+    KVCache          new_cache(int n_ctx) const;
+
+    // Runs n tokens at positions cache.n_past.. and appends them to the cache.
+    // logits: (n, n_vocab) if logits_all, else (n_vocab) for the last token only; may be nullptr.
+    void forward(const int32_t* tokens, int n, KVCache& cache, float* logits, bool logits_all,
+                 const Hooks* hooks = nullptr) const;
+
+    // Building blocks, for layer-sequential drivers (calibration, quantization).
+    void embed(const int32_t* tokens, int n, float* x) const; // x (n, n_embd)
+    // x (n, n_embd) in/out. With cache: attends to the cache plus these tokens and appends them; positions are
+    // cache->n_past + i. Without cache: causal attention over the n tokens, positions 0..n-1.
+    void forward_layer(int il, float* x, int n, KVCache* cache, const Hooks* hooks = nullptr) const;
+    void output(const float* x, int n, float* logits) const; // final norm + lm_head, logits (n, n_vocab)
+
+    LayerWeights&       layer(int il) { return layers_[il]; }
+    const LayerWeights& layer(int il) const { return layers_[il]; }
+    int64_t             storage_bytes() const;
+
+private:
+    void attention(int il, const float* hn, int n, KVCache* cache, int n_past, const Hooks* hooks, float* out) const;
+    void moe_ffn(int il, const float* hn, int n, const int* positions, const Hooks* hooks, float* out) const;
+    void dense_ffn(int il, const Linear& g, const Linear& u, const Linear& d, LinearKind kind0, const float* hn, int n,
+                   const int* positions, const Hooks* hooks, float* out) const;
+
+    ModelSpec                 spec_;
+    std::vector<float>        embed_;      // (n_vocab, n_embd)
+    std::vector<float>        final_norm_; // (n_embd)
+    std::unique_ptr<Linear>   lm_head_;    // (n_vocab, n_embd)
+    std::vector<LayerWeights> layers_;
+    std::vector<float>        inv_freq_;   // (head_dim/2)
+};
+
+} // namespace moebius

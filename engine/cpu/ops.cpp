@@ -1,0 +1,102 @@
+#include "engine/cpu/ops.h"
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <omp.h>
+
+namespace moebius::cpu {
+
+using RowMat  = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using MapC    = Eigen::Map<const RowMat>;
+using MapM    = Eigen::Map<RowMat, 0, Eigen::OuterStride<>>;
+
+static inline float dot(const float* a, const float* b, int n) {
+    // Eight independent accumulators so the compiler vectorises and pipelines the FMAs.
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int   i      = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; ++k) acc[k] += a[i + k] * b[i + k];
+    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; i < n; ++i) s += a[i] * b[i];
+    return s;
+}
+
+void matmul_wt(const float* x, int n, int in, const float* w, int out, float* y) {
+    const bool nested  = omp_in_parallel();
+    const int  threads = nested ? 1 : omp_get_max_threads();
+    if (n <= 4) {
+        // GEMV regime: stream W once, all n tokens per row.
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && (int64_t)out * in > 32768)
+        for (int o = 0; o < out; ++o) {
+            const float* wr = w + (int64_t)o * in;
+            for (int t = 0; t < n; ++t) y[(int64_t)t * out + o] = dot(x + (int64_t)t * in, wr, in);
+        }
+        return;
+    }
+    MapC X(x, n, in);
+    // GEMM regime: split W's rows into one contiguous chunk per thread; Eigen does the blocking inside a chunk.
+    int chunks = std::max(1, std::min(threads, out / 16));
+#pragma omp parallel for schedule(static) num_threads(threads) if (chunks > 1)
+    for (int c = 0; c < chunks; ++c) {
+        int o0 = (int)((int64_t)out * c / chunks), o1 = (int)((int64_t)out * (c + 1) / chunks);
+        if (o1 <= o0) continue;
+        MapC W(w + (int64_t)o0 * in, o1 - o0, in);
+        MapM Y(y + o0, n, o1 - o0, Eigen::OuterStride<>(out));
+        Y.noalias() = X * W.transpose();
+    }
+}
+
+void add_bias(float* y, int n, int out, const float* bias) {
+    for (int t = 0; t < n; ++t)
+        for (int o = 0; o < out; ++o) y[(int64_t)t * out + o] += bias[o];
+}
+
+void rmsnorm(const float* x, int n, int d, const float* w, float eps, float* y) {
+    for (int t = 0; t < n; ++t) {
+        const float* xr = x + (int64_t)t * d;
+        float*       yr = y + (int64_t)t * d;
+        double       ss = 0;
+        for (int i = 0; i < d; ++i) ss += (double)xr[i] * xr[i];
+        float inv = 1.0f / std::sqrt((float)(ss / d) + eps);
+        for (int i = 0; i < d; ++i) yr[i] = w[i] * (xr[i] * inv);
+    }
+}
+
+void rope(float* x, int n, int n_heads, int head_dim, int stride, const int32_t* pos, const float* inv_freq) {
+    const int half = head_dim / 2;
+    for (int t = 0; t < n; ++t) {
+        for (int i = 0; i < half; ++i) {
+            // The angle is formed in f32 as transformers does (the model was trained with that rounding).
+            float a = (float)pos[t] * inv_freq[i];
+            float  c = (float)std::cos(a), s = (float)std::sin(a);
+            for (int h = 0; h < n_heads; ++h) {
+                float* v  = x + (int64_t)t * stride + (int64_t)h * head_dim;
+                float  x1 = v[i], x2 = v[i + half];
+                v[i]        = x1 * c - x2 * s;
+                v[i + half] = x2 * c + x1 * s;
+            }
+        }
+    }
+}
+
+void softmax(float* x, int d) {
+    float m = x[0];
+    for (int i = 1; i < d; ++i) m = std::max(m, x[i]);
+    double s = 0;
+    for (int i = 0; i < d; ++i) {
+        x[i] = std::exp(x[i] - m);
+        s += x[i];
+    }
+    float inv = (float)(1.0 / s);
+    for (int i = 0; i < d; ++i) x[i] *= inv;
+}
+
+float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+void silu_mul(const float* g, const float* u, int n, int d, float* h) {
+    int64_t total = (int64_t)n * d;
+    for (int64_t i = 0; i < total; ++i) h[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+}
+
+} // namespace moebius::cpu

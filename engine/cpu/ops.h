@@ -1,0 +1,23 @@
+#pragma once
+// CPU reference kernels, f32. Buffers are row-major; shapes in comments as (rows, cols).
+#include <cstdint>
+
+namespace moebius::cpu {
+
+// y (n, out) = x (n, in) · Wᵀ, W (out, in). Parallel over output rows; single-threaded inside an enclosing
+// OpenMP parallel region (nested parallelism off), which is how experts run concurrently.
+void matmul_wt(const float* x, int n, int in, const float* w, int out, float* y);
+// y (n, out) += bias (out) per row.
+void add_bias(float* y, int n, int out, const float* bias);
+// RMSNorm of each of n rows of width d: y = w ⊙ x / sqrt(mean(x²) + eps). In place allowed.
+void rmsnorm(const float* x, int n, int d, const float* w, float eps, float* y);
+// Rotate-half (NeoX/HF) RoPE applied to n rows of n_heads heads of head_dim, row stride `stride` floats,
+// positions pos[i]. inv_freq (head_dim/2).
+void rope(float* x, int n, int n_heads, int head_dim, int stride, const int32_t* pos, const float* inv_freq);
+// In-place softmax of a row of length d, numerically stable.
+void softmax(float* x, int d);
+// h (n, d) = silu(g) ⊙ u, g and u (n, d).
+void silu_mul(const float* g, const float* u, int n, int d, float* h);
+float sigmoid(float x);
+
+} // namespace moebius::cpu
