@@ -23,6 +23,11 @@ const Command k_commands[] = {
      "generate [MODEL] --prompt STR [--chat] [--system STR] [--max-tokens N] [--temperature T] [--top-k K]\n"
      "           [--top-p P] [--min-p P] [--repetition-penalty R] [--seed S] [--json]   stream a completion"},
     {"ppl", moebius::cli::cmd_ppl, "ppl [MODEL] [--text FILE] [--seqlen N] [--json]     perplexity"},
+    {"calibrate", moebius::cli::cmd_calibrate,
+     "calibrate [MODEL] (--text FILE | --ebss | --calib SET.jsonl) [--samples N] [--seqlen L] [--seed S]\n"
+     "           --out DIR [--force] [--json]   calibration set, expert utilisation, input statistics"},
+    {"routing-diff", moebius::cli::cmd_routing_diff,
+     "routing-diff REF MODEL [--text FILE] [--seqlen L] [--json]   routing shift between two models"},
 };
 
 void usage(std::ostream& os) {

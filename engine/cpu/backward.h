@@ -1,0 +1,60 @@
+#pragma once
+// Backward pass of the CPU model: the mean next-token cross-entropy of one sequence and its gradients with respect to
+// every weight (∂ℓ/∂W) and to every decoder linear's output (∂ℓ/∂Z, per token, through a callback; GLAS saliency).
+//
+// Memory is bounded by recomputation: the forward keeps only each layer's input residual (n × n_embd per layer); the
+// backward re-runs one layer at a time from its stored input (Model::forward_layer with hooks) and backpropagates
+// through it. Attention probabilities are recomputed from the scores, never stored (no n² buffer).
+//
+// Top-k expert selection is piecewise constant: gradients flow through the selected probabilities, the softmax and the
+// optional renormalisation, as autograd does. Results are bit-reproducible for a given thread count (no atomics or
+// racy reductions; the backward's own GEMM chunking does not depend on the thread count, the forward's may).
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "engine/cpu/model.h"
+
+namespace moebius {
+
+struct LinearGradEvent {
+    int          layer;
+    LinearKind   kind;
+    int          expert;        // routed expert id, -1 otherwise
+    int          n;             // rows (tokens) in x and dz
+    int          in, out;
+    const float* x;             // (n, in) input of the linear
+    const float* dz;            // (n, out) ∂ℓ/∂(linear output) of the mean loss (equal before and after a bias)
+    const int*   token_index;   // experts: (n) row of each token within the sequence; nullptr otherwise
+    const int*   positions;     // (n) positions of those tokens (0-based in the sequence)
+    const float* router_weight; // experts: (n) combine weight of this expert for each token; nullptr otherwise
+};
+
+struct GradientOptions {
+    // Accumulate ∂ℓ/∂W for every linear, bias, norm weight, the embeddings and lm_head. Off: only the loss, the
+    // on_linear_grad events and none of the weight-gradient GEMMs.
+    bool weight_grads = true;
+    // Called once per decoder linear (routed experts: once per expert that received tokens), serially on the calling
+    // thread, layers from last to first. Pointers are valid only during the callback.
+    std::function<void(const LinearGradEvent&)> on_linear_grad;
+};
+
+struct Gradients {
+    double loss          = 0; // mean next-token cross-entropy (nats)
+    int    n_predictions = 0; // n - 1
+    // ∂loss/∂tensor keyed by checkpoint name ("model.layers.0.mlp.experts.3.down_proj.weight", "...q_proj.bias"), with
+    // the tensor's stored shape, row-major. Every trainable tensor is present (zeros for experts no token chose); tied
+    // embeddings hold the sum of both uses under "model.embed_tokens.weight". Empty when !weight_grads.
+    std::map<std::string, std::vector<float>> weights;
+};
+
+// Mean next-token cross-entropy over tokens[0..n) (predictions of tokens 1..n-1 at positions 0..n-2, causal attention
+// from position 0) and its gradients. Every family the forward runs is supported (q/k norms per head or over the
+// projection, q/k/v and o biases, clip_qkv, gated or ungated shared experts, dense layers, tied embeddings). Throws
+// InputError for n < 2 or a token outside the vocabulary.
+Gradients loss_and_gradients(const Model& model, std::span<const int32_t> tokens, const GradientOptions& opt = {});
+
+} // namespace moebius

@@ -1,0 +1,202 @@
+#include "engine/cpu/backward_ops.h"
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <omp.h>
+#include <vector>
+
+namespace moebius::cpu {
+
+namespace {
+
+using RowMat  = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using MapC    = Eigen::Map<const RowMat>;
+using MapCS   = Eigen::Map<const RowMat, 0, Eigen::OuterStride<>>;
+using MapS    = Eigen::Map<RowMat, 0, Eigen::OuterStride<>>;
+
+// Column (or row) slab width of the GEMM chunks; fixed so the summation order never depends on the thread count.
+constexpr int k_slab = 64;
+
+inline float dot(const float* a, const float* b, int n) {
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int   i      = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; ++k) acc[k] += a[i + k] * b[i + k];
+    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; i < n; ++i) s += a[i] * b[i];
+    return s;
+}
+
+inline void axpy(float alpha, const float* x, float* y, int n) {
+    for (int i = 0; i < n; ++i) y[i] += alpha * x[i];
+}
+
+} // namespace
+
+void matmul_nn(const float* a, int n, int k, const float* b, int m, float* c, bool accumulate) {
+    if (n <= 0 || m <= 0) return;
+    if (k <= 0) {
+        if (!accumulate) std::fill(c, c + (int64_t)n * m, 0.f);
+        return;
+    }
+    MapC      A(a, n, k);
+    const int chunks = (m + k_slab - 1) / k_slab;
+#pragma omp parallel for schedule(dynamic) if (chunks > 1 && !omp_in_parallel())
+    for (int ch = 0; ch < chunks; ++ch) {
+        const int c0 = ch * k_slab, w = std::min(m, c0 + k_slab) - c0;
+        MapCS     B(b + c0, k, w, Eigen::OuterStride<>(m));
+        MapS      C(c + c0, n, w, Eigen::OuterStride<>(m));
+        if (accumulate) C.noalias() += A * B;
+        else C.noalias() = A * B;
+    }
+}
+
+void matmul_tn_acc(const float* a, int n, int k, const float* b, int m, float* c) {
+    if (n <= 0 || k <= 0 || m <= 0) return;
+    MapC      B(b, n, m);
+    const int chunks = (k + k_slab - 1) / k_slab;
+#pragma omp parallel for schedule(dynamic) if (chunks > 1 && !omp_in_parallel())
+    for (int ch = 0; ch < chunks; ++ch) {
+        const int r0 = ch * k_slab, h = std::min(k, r0 + k_slab) - r0;
+        MapCS     A(a + r0, n, h, Eigen::OuterStride<>(k)); // columns r0.. of a
+        MapS      C(c + (int64_t)r0 * m, h, m, Eigen::OuterStride<>(m));
+        C.noalias() += A.transpose() * B;
+    }
+}
+
+void colsum_acc(const float* x, int n, int d, float* acc) {
+    for (int i = 0; i < d; ++i) {
+        double s = 0;
+        for (int t = 0; t < n; ++t) s += x[(int64_t)t * d + i];
+        acc[i] += (float)s;
+    }
+}
+
+void rmsnorm_backward(const float* x, int n, int d, const float* w, float eps, const float* dy, float* dx,
+                      bool accumulate, float* dw) {
+    std::vector<float> inv(n); // (n) 1/rms of each row, as the forward rounded it
+#pragma omp parallel for schedule(static) if ((int64_t)n * d > 16384 && !omp_in_parallel())
+    for (int t = 0; t < n; ++t) {
+        const float* xr = x + (int64_t)t * d;
+        const float* gr = dy + (int64_t)t * d;
+        float*       dr = dx + (int64_t)t * d;
+        double       ss = 0, wgx = 0;
+        for (int i = 0; i < d; ++i) {
+            ss += (double)xr[i] * xr[i];
+            wgx += (double)w[i] * gr[i] * xr[i];
+        }
+        const float  r = 1.0f / std::sqrt((float)(ss / d) + eps);
+        // y_i = w_i x_i r with ∂r/∂x_j = -r³ x_j / d.
+        const double c = (double)r * r * r * wgx / d;
+        for (int i = 0; i < d; ++i) {
+            const float g = (float)((double)r * w[i] * gr[i] - c * xr[i]);
+            dr[i]         = accumulate ? dr[i] + g : g;
+        }
+        inv[t] = r;
+    }
+    if (!dw) return;
+#pragma omp parallel for schedule(static) if ((int64_t)n * d > 16384 && !omp_in_parallel())
+    for (int i = 0; i < d; ++i) {
+        double s = 0;
+        for (int t = 0; t < n; ++t) s += (double)dy[(int64_t)t * d + i] * x[(int64_t)t * d + i] * inv[t];
+        dw[i] += (float)s;
+    }
+}
+
+void rope_backward(float* dx, int n, int n_heads, int head_dim, int stride, const int32_t* pos, const float* inv_freq) {
+    const int half = head_dim / 2;
+    for (int t = 0; t < n; ++t) {
+        for (int i = 0; i < half; ++i) {
+            // Same angle rounding as cpu::rope.
+            const float a = (float)pos[t] * inv_freq[i];
+            const float c = (float)std::cos(a), s = (float)std::sin(a);
+            for (int h = 0; h < n_heads; ++h) {
+                float*      v  = dx + (int64_t)t * stride + (int64_t)h * head_dim;
+                const float y1 = v[i], y2 = v[i + half];
+                v[i]           = y1 * c + y2 * s;
+                v[i + half]    = y2 * c - y1 * s;
+            }
+        }
+    }
+}
+
+void silu_mul_backward(const float* g, const float* u, const float* dh, int64_t count, float* dg, float* du) {
+    for (int64_t i = 0; i < count; ++i) {
+        const float sg   = 1.0f / (1.0f + std::exp(-g[i]));
+        const float silu = g[i] * sg;
+        dg[i]            = dh[i] * u[i] * (sg * (1.0f + g[i] * (1.0f - sg)));
+        du[i]            = dh[i] * silu;
+    }
+}
+
+void attention_backward(const float* q, const float* k, const float* v, const float* o, const float* d_o, int n,
+                        int n_head, int n_head_kv, int head_dim, float* dq, float* dk, float* dv) {
+    const int   hd = head_dim, qd = n_head * hd, kvd = n_head_kv * hd, group = n_head / n_head_kv;
+    const float scale = 1.0f / std::sqrt((float)hd);
+    const bool  par   = !omp_in_parallel();
+    // Per (query row, head): log-sum-exp of the scores and D = Σ_j p_j dp_j = d_o · o.
+    std::vector<float> lse((size_t)n * n_head), dsum((size_t)n * n_head); // (n, n_head)
+
+    // Pass 1, one query row and head per iteration: dq_i = scale Σ_j p_ij (dp_ij - D_i) k_j, dp_ij = d_o_i · v_j.
+#pragma omp parallel if (par)
+    {
+        std::vector<float> s(n); // (n) scores of one row
+#pragma omp for collapse(2) schedule(dynamic, 4)
+        for (int i = 0; i < n; ++i) {
+            for (int h = 0; h < n_head; ++h) {
+                const float* qi  = q + (int64_t)i * qd + (int64_t)h * hd;
+                const float* gi  = d_o + (int64_t)i * qd + (int64_t)h * hd;
+                const float* oi  = o + (int64_t)i * qd + (int64_t)h * hd;
+                const int    kvh = h / group;
+                float        m   = -INFINITY;
+                for (int j = 0; j <= i; ++j) {
+                    s[j] = dot(qi, k + (int64_t)j * kvd + (int64_t)kvh * hd, hd) * scale;
+                    m    = std::max(m, s[j]);
+                }
+                double sum = 0, dd = 0;
+                for (int j = 0; j <= i; ++j) sum += std::exp((double)(s[j] - m));
+                for (int d = 0; d < hd; ++d) dd += (double)gi[d] * oi[d];
+                const float l = m + (float)std::log(sum), D = (float)dd;
+                lse[(size_t)i * n_head + h]  = l;
+                dsum[(size_t)i * n_head + h] = D;
+                float* dqi = dq + (int64_t)i * qd + (int64_t)h * hd;
+                std::fill(dqi, dqi + hd, 0.f);
+                for (int j = 0; j <= i; ++j) {
+                    const float p  = std::exp(s[j] - l);
+                    const float dp = dot(gi, v + (int64_t)j * kvd + (int64_t)kvh * hd, hd);
+                    axpy(p * (dp - D), k + (int64_t)j * kvd + (int64_t)kvh * hd, dqi, hd);
+                }
+                for (int d = 0; d < hd; ++d) dqi[d] *= scale;
+            }
+        }
+    }
+
+    // Pass 2, one key row and kv-head per iteration, summing over its query heads and the rows i ≥ j that see it:
+    // dk_j = scale Σ p_ij (dp_ij - D_i) q_i, dv_j = Σ p_ij d_o_i.
+#pragma omp parallel for collapse(2) schedule(dynamic, 4) if (par)
+    for (int j = 0; j < n; ++j) {
+        for (int kvh = 0; kvh < n_head_kv; ++kvh) {
+            const float* kj  = k + (int64_t)j * kvd + (int64_t)kvh * hd;
+            const float* vj  = v + (int64_t)j * kvd + (int64_t)kvh * hd;
+            float*       dkj = dk + (int64_t)j * kvd + (int64_t)kvh * hd;
+            float*       dvj = dv + (int64_t)j * kvd + (int64_t)kvh * hd;
+            std::fill(dkj, dkj + hd, 0.f);
+            std::fill(dvj, dvj + hd, 0.f);
+            for (int h = kvh * group; h < (kvh + 1) * group; ++h) {
+                for (int i = j; i < n; ++i) {
+                    const float* qi = q + (int64_t)i * qd + (int64_t)h * hd;
+                    const float* gi = d_o + (int64_t)i * qd + (int64_t)h * hd;
+                    const float  s  = dot(qi, kj, hd) * scale; // bit-identical to pass 1's score
+                    const float  p  = std::exp(s - lse[(size_t)i * n_head + h]);
+                    const float  dp = dot(gi, vj, hd);
+                    axpy(p * (dp - dsum[(size_t)i * n_head + h]), qi, dkj, hd);
+                    axpy(p, gi, dvj, hd);
+                }
+            }
+            for (int d = 0; d < hd; ++d) dkj[d] *= scale;
+        }
+    }
+}
+
+} // namespace moebius::cpu

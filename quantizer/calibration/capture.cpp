@@ -1,0 +1,141 @@
+#include "quantizer/calibration/capture.h"
+
+#include "engine/core/error.h"
+#include "engine/cpu/ops.h"
+
+namespace moebius::quant {
+
+const InputStats* LayerStats::for_linear(LinearKind kind, int expert) const {
+    auto ok = [](const InputStats& s) { return s.dim > 0 ? &s : nullptr; };
+    switch (kind) {
+    case LinearKind::Q:
+    case LinearKind::K:
+    case LinearKind::V: return ok(attn_in);
+    case LinearKind::O: return ok(attn_out);
+    case LinearKind::Router:
+    case LinearKind::SharedExpertGate:
+    case LinearKind::DenseGate:
+    case LinearKind::DenseUp: return ok(ffn_in);
+    case LinearKind::SharedGate:
+    case LinearKind::SharedUp: return shared_in.dim > 0 ? &shared_in : ok(ffn_in);
+    case LinearKind::SharedDown: return ok(shared_mid);
+    case LinearKind::DenseDown: return ok(dense_mid);
+    case LinearKind::ExpertGate:
+    case LinearKind::ExpertUp:
+        return expert >= 0 && expert < (int)expert_in.size() ? ok(expert_in[expert]) : nullptr;
+    case LinearKind::ExpertDown:
+        return expert >= 0 && expert < (int)expert_mid.size() ? ok(expert_mid[expert]) : nullptr;
+    case LinearKind::Count: break;
+    }
+    return nullptr;
+}
+
+LayerwiseRunner::LayerwiseRunner(Model& model, const CalibrationSet& calib) : model_(model), calib_(calib) {
+    if (calib.samples.empty()) throw InputError("the calibration set is empty");
+    const int H = model.spec().n_embd;
+    hidden_.resize(calib.samples.size());
+    for (size_t s = 0; s < calib.samples.size(); ++s) {
+        const auto& ids = calib.samples[s];
+        if ((int)ids.size() != calib.seqlen) throw InputError("calibration sample with a wrong length");
+        hidden_[s].resize((size_t)ids.size() * H);
+        model.embed(ids.data(), (int)ids.size(), hidden_[s].data());
+    }
+}
+
+void LayerwiseRunner::run(const Hooks& hooks, const ProgressFn& progress) {
+    MOEBIUS_ASSERT(!done());
+    const int          n = calib_.seqlen;
+    std::vector<float> x;
+    for (size_t s = 0; s < hidden_.size(); ++s) {
+        report_progress(progress, (double)s / hidden_.size(),
+                        "layer " + std::to_string(layer_) + ": sample " + std::to_string(s + 1) + "/" +
+                            std::to_string(hidden_.size()));
+        x = hidden_[s];
+        model_.forward_layer(layer_, x.data(), n, nullptr, &hooks);
+    }
+}
+
+LayerStats LayerwiseRunner::capture(const CaptureOptions& opt, const ProgressFn& progress) {
+    const ModelSpec&    spec = model_.spec();
+    const LayerWeights& L    = model_.layer(layer_);
+    const int           H = spec.n_embd, qd = spec.n_head * spec.head_dim;
+    LayerStats          st;
+    st.layer = layer_;
+    if (opt.attention) {
+        st.attn_in  = InputStats(H, false);
+        st.attn_out = InputStats(qd, false);
+    }
+    const bool gated_shared = L.shared_expert_gate != nullptr;
+    if (opt.ffn) {
+        st.ffn_in = InputStats(H, false);
+        if (L.shared_gate) {
+            st.shared_mid = InputStats(spec.n_ff_shared, false);
+            if (opt.affinity) st.shared_in = InputStats(H, true);
+        }
+        if (!L.is_moe) st.dense_mid = InputStats(spec.n_ff_dense, false);
+    }
+    if (L.is_moe) {
+        st.expert_tokens.assign(spec.n_expert, 0);
+        st.expert_weight_sum.assign(spec.n_expert, 0);
+        if (opt.experts)
+            for (int e = 0; e < spec.n_expert; ++e) {
+                st.expert_in.emplace_back(H, opt.affinity);
+                st.expert_mid.emplace_back(spec.n_ff_expert, opt.affinity);
+            }
+    }
+    std::vector<float> sig;
+    Hooks              hooks;
+    hooks.on_linear = [&](const LinearEvent& e) {
+        switch (e.kind) {
+        case LinearKind::Q:
+            if (opt.attention) st.attn_in.add(e.x, e.n, nullptr);
+            break;
+        case LinearKind::O:
+            if (opt.attention) st.attn_out.add(e.x, e.n, nullptr);
+            break;
+        case LinearKind::Router:
+        case LinearKind::DenseGate:
+            if (opt.ffn) st.ffn_in.add(e.x, e.n, nullptr);
+            break;
+        case LinearKind::SharedGate:
+            if (opt.ffn && opt.affinity && !gated_shared) st.shared_in.add(e.x, e.n, nullptr);
+            break;
+        case LinearKind::SharedExpertGate:
+            if (opt.ffn && opt.affinity) {
+                sig.resize(e.n);
+                for (int t = 0; t < e.n; ++t) sig[t] = cpu::sigmoid(e.y[t]);
+                st.shared_in.add(e.x, e.n, sig.data());
+            }
+            break;
+        case LinearKind::SharedDown:
+            if (opt.ffn) st.shared_mid.add(e.x, e.n, nullptr);
+            break;
+        case LinearKind::DenseDown:
+            if (opt.ffn) st.dense_mid.add(e.x, e.n, nullptr);
+            break;
+        case LinearKind::ExpertGate:
+            st.expert_tokens[e.expert] += e.n;
+            for (int t = 0; t < e.n; ++t) st.expert_weight_sum[e.expert] += e.router_weight[t];
+            if (opt.experts) st.expert_in[e.expert].add(e.x, e.n, e.router_weight);
+            break;
+        case LinearKind::ExpertDown:
+            if (opt.experts) st.expert_mid[e.expert].add(e.x, e.n, e.router_weight);
+            break;
+        default: break;
+        }
+    };
+    run(hooks, progress);
+    return st;
+}
+
+void LayerwiseRunner::advance(const Hooks* hooks, const ProgressFn& progress) {
+    MOEBIUS_ASSERT(!done());
+    for (size_t s = 0; s < hidden_.size(); ++s) {
+        report_progress(progress, (double)s / hidden_.size(),
+                        "layer " + std::to_string(layer_) + ": propagating sample " + std::to_string(s + 1));
+        model_.forward_layer(layer_, hidden_[s].data(), calib_.seqlen, nullptr, hooks);
+    }
+    ++layer_;
+}
+
+} // namespace moebius::quant

@@ -1,0 +1,63 @@
+#pragma once
+// Layer-sequential calibration driver (GPTQ style). The calibration set is embedded once; then, layer by layer, the
+// held hidden states are run through the current layer with hooks attached (statistics), the caller may replace the
+// layer's linears (quantization), and advance() pushes the hidden states through the layer as it now is, so a
+// quantized layer feeds the next one.
+#include <vector>
+
+#include "engine/core/progress.h"
+#include "engine/cpu/hooks.h"
+#include "engine/cpu/model.h"
+#include "quantizer/calibration/calibration_data.h"
+#include "quantizer/calibration/input_stats.h"
+
+namespace moebius::quant {
+
+struct CaptureOptions {
+    bool attention = true;  // q/k/v (shared input) and o inputs
+    bool ffn       = true;  // router / shared / dense FFN inputs
+    bool experts   = true;  // routed experts' inputs (gate/up) and intermediate (down)
+    bool affinity  = false; // also Σ c x xᵀ: router weight for experts, sigmoid gate for Qwen2-MoE's shared expert
+};
+
+// Statistics of one decoder layer. Linears that share an input share one InputStats.
+struct LayerStats {
+    int                     layer = -1;
+    InputStats              attn_in;    // q, k, v
+    InputStats              attn_out;   // o
+    InputStats              ffn_in;     // router, shared gate/up, shared_expert_gate, dense gate/up
+    InputStats              shared_in;  // shared gate/up with affinity (only when affinity is on)
+    InputStats              shared_mid; // shared down
+    InputStats              dense_mid;  // dense down
+    std::vector<InputStats> expert_in;  // [n_expert] gate/up inputs on routed tokens
+    std::vector<InputStats> expert_mid; // [n_expert] down inputs
+    std::vector<int64_t>    expert_tokens;     // [n_expert] routed tokens
+    std::vector<double>     expert_weight_sum; // [n_expert] Σ router weight
+    // The statistics of a linear's input (nullptr if not captured).
+    const InputStats* for_linear(LinearKind kind, int expert = -1) const;
+};
+
+class LayerwiseRunner {
+public:
+    LayerwiseRunner(Model& model, const CalibrationSet& calib);
+    Model&                    model() { return model_; }
+    const CalibrationSet&     calibration() const { return calib_; }
+    int                       current_layer() const { return layer_; }
+    bool                      done() const { return layer_ >= model_.spec().n_layer; }
+    // Runs the current layer on every sample with statistics hooks; outputs are discarded.
+    LayerStats capture(const CaptureOptions& opt, const ProgressFn& progress = {});
+    // Runs the current layer on every sample with arbitrary hooks; outputs are discarded.
+    void run(const Hooks& hooks, const ProgressFn& progress = {});
+    // Hidden states ← current layer(hidden states); moves to the next layer. Hooks (optional) observe this pass.
+    void advance(const Hooks* hooks = nullptr, const ProgressFn& progress = {});
+    // (seqlen, n_embd) hidden states entering the current layer for one sample.
+    const std::vector<float>& hidden(int sample) const { return hidden_[sample]; }
+
+private:
+    Model&                          model_;
+    const CalibrationSet&           calib_;
+    int                             layer_ = 0;
+    std::vector<std::vector<float>> hidden_; // [samples] (seqlen, n_embd)
+};
+
+} // namespace moebius::quant

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Builds Moebius and runs every test: the Release suite, then the same suite built with AddressSanitizer +
+# UndefinedBehaviorSanitizer. This is the README's test command and what CI runs (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./installer/install-deps.sh
+JOBS=${JOBS:-$(nproc)}
+export CCACHE_DIR=${CCACHE_DIR:-$PWD/.cache/ccache}
+
+echo "== Release build"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOEBIUS_BUILD_TESTS=ON >/dev/null
+cmake --build build -j "$JOBS"
+(cd build && ctest --output-on-failure -j "$JOBS")
+
+echo "== ASan + UBSan build"
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOEBIUS_SANITIZE=ON -DMOEBIUS_BUILD_TESTS=ON \
+      -DMOEBIUS_BUILD_BENCH=OFF >/dev/null
+cmake --build build-asan -j "$JOBS"
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+(cd build-asan && ctest --output-on-failure -j "$JOBS")
