@@ -10,6 +10,10 @@
 #include "quantizer/calibration/calibration_data.h"
 #include "quantizer/calibration/capture.h"
 #include "quantizer/calibration/ebss.h"
+#include "quantizer/calibration/importance.h"
+
+#include <algorithm>
+#include <numeric>
 
 #include <chrono>
 #include <iostream>
@@ -168,6 +172,91 @@ int cmd_routing_diff(const Argv& argv) {
     printf("layer  shift_rate  top1_flip  router_kl\n");
     for (const auto& L : d.layers) printf("%5d  %10.4f  %9.4f  %9.5f\n", L.layer, L.shift_rate, L.top1_flip_rate, L.router_kl);
     printf(" mean  %10.4f  %9.4f  %9.5f\n", d.shift_rate(), d.top1_flip_rate(), d.router_kl());
+    return 0;
+}
+
+} // namespace moebius::cli
+
+namespace moebius::cli {
+
+int cmd_importance(const Argv& argv) {
+    Args args(argv, {"json", "ebss"},
+              {"layer", "module", "expert", "metric", "text", "calib", "samples", "seqlen", "seed", "out", "max-size",
+               "threads", "damp"});
+    apply_threads(args);
+    auto        dir   = model_arg(args);
+    auto        model = Model::load(dir);
+    const auto& spec  = model->spec();
+    int         layer = (int)args.get_int("layer", 0, 0, spec.n_layer - 1);
+    LinearKind  kind;
+    std::string module = args.get_or("module", "expert.up_proj");
+    if (!linear_kind_from_name(module, kind)) {
+        std::string list;
+        for (int i = 0; i < (int)LinearKind::Count; ++i) list += std::string(i ? ", " : "") + linear_kind_name((LinearKind)i);
+        throw InputError("unknown --module '" + module + "' (" + list + ")");
+    }
+    const bool is_expert = kind == LinearKind::ExpertGate || kind == LinearKind::ExpertUp || kind == LinearKind::ExpertDown;
+    int expert = is_expert ? (int)args.get_int("expert", 0, 0, std::max(0, spec.n_expert - 1)) : -1;
+    auto& slot = model->layer(layer).slot(kind, expert);
+    if (!slot) throw InputError("layer " + std::to_string(layer) + " has no " + module);
+    auto metric = importance_metric_from_name(args.get_or("metric", "obs"));
+    auto out    = args.get("out");
+    const bool show = !args.flag("json");
+    Tokenizer tok = Tokenizer::from_file(dir / "tokenizer.json");
+    CalibrationSet set = calibration_from_args(args, *model, tok, show);
+
+    // Gradients first (full-precision model, whole network), then the input statistics of the chosen layer.
+    GradientStats gs;
+    std::vector<double> g;
+    if (metric == ImportanceMetric::Glas) {
+        gs = collect_gradient_stats(*model, set);
+        const auto* e = gs.find(layer, kind, expert);
+        if (!e || e->tokens == 0) throw InputError("no calibration token reached " + module + " of layer " + std::to_string(layer));
+        g = e->mean_sq();
+    }
+    LayerwiseRunner run(*model, set);
+    while (run.current_layer() < layer) run.advance();
+    LayerStats        st    = run.capture(CaptureOptions{});
+    const InputStats* stats = st.for_linear(kind, expert);
+    if (!stats || stats->n_tokens == 0)
+        throw InputError("no calibration token reached " + module + (expert >= 0 ? " of expert " + std::to_string(expert) : "") +
+                         " in layer " + std::to_string(layer));
+    const Linear& lin = *slot;
+    auto map = compute_importance(lin.dequantize(), lin.out_features(), lin.in_features(), *stats, metric,
+                                  g.empty() ? nullptr : &g, args.get_double("damp", 0.01, 0, 10));
+    int max_r = map.rows, max_c = map.cols;
+    if (auto ms = args.get("max-size")) {
+        if (sscanf(ms->c_str(), "%d,%d", &max_r, &max_c) != 2 || max_r < 1 || max_c < 1)
+            throw InputError("--max-size ROWS,COLS expected, got '" + *ms + "'");
+    }
+    ImportanceMap shown = map.downsample(max_r, max_c);
+    if (out) write_npy(*out, {shown.rows, shown.cols}, shown.values.data());
+    auto rows = map.row_sum(), cols = map.col_sum();
+    std::vector<int> top(cols.size());
+    std::iota(top.begin(), top.end(), 0);
+    int ntop = std::min<int>(16, (int)top.size());
+    std::partial_sort(top.begin(), top.begin() + ntop, top.end(), [&](int a, int b) { return cols[a] > cols[b]; });
+    top.resize(ntop);
+    nlohmann::ordered_json j;
+    j["layer"]       = layer;
+    j["module"]      = module;
+    j["expert"]      = expert;
+    j["metric"]      = importance_metric_name(metric);
+    j["tokens"]      = stats->n_tokens;
+    j["shape"]       = {map.rows, map.cols};
+    j["image_shape"] = {shown.rows, shown.cols};
+    j["row_sum"]     = rows;
+    j["col_sum"]     = cols;
+    j["top_columns"] = top;
+    if (out) j["out"] = *out;
+    if (args.flag("json")) print_json(j);
+    else {
+        std::cout << module << " layer " << layer << (expert >= 0 ? " expert " + std::to_string(expert) : "") << ": "
+                  << importance_metric_name(metric) << " importance over " << stats->n_tokens << " tokens; top columns:";
+        for (int c : top) std::cout << " " << c;
+        std::cout << "\n";
+        if (out) std::cout << "wrote " << *out << " (" << shown.rows << " x " << shown.cols << ")\n";
+    }
     return 0;
 }
 

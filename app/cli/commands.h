@@ -14,5 +14,6 @@ int cmd_generate(const Argv& argv);
 int cmd_ppl(const Argv& argv);
 int cmd_calibrate(const Argv& argv);
 int cmd_routing_diff(const Argv& argv);
+int cmd_importance(const Argv& argv);
 
 } // namespace moebius::cli

@@ -28,6 +28,9 @@ const Command k_commands[] = {
      "           --out DIR [--force] [--json]   calibration set, expert utilisation, input statistics"},
     {"routing-diff", moebius::cli::cmd_routing_diff,
      "routing-diff REF MODEL [--text FILE] [--seqlen L] [--json]   routing shift between two models"},
+    {"importance", moebius::cli::cmd_importance,
+     "importance [MODEL] --layer L --module M [--expert E] [--metric obs|hdiag|glas] (--text F | --ebss | --calib S)\n"
+     "           [--out MAP.npy] [--max-size R,C] [--json]   weight importance map of one linear"},
 };
 
 void usage(std::ostream& os) {

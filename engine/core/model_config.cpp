@@ -50,6 +50,15 @@ std::vector<std::string> supported_model_types() {
 
 const char* linear_kind_name(LinearKind k) { return k_linear_names[(int)k]; }
 
+bool linear_kind_from_name(const std::string& name, LinearKind& out) {
+    for (int i = 0; i < (int)LinearKind::Count; ++i)
+        if (name == k_linear_names[i]) {
+            out = (LinearKind)i;
+            return true;
+        }
+    return false;
+}
+
 namespace {
 
 // Typed access to config.json keys with errors that name the file and the key.

@@ -46,6 +46,7 @@ enum class LinearKind : int {
     Count
 };
 const char* linear_kind_name(LinearKind k); // "q_proj", "expert.gate_proj", ...
+bool        linear_kind_from_name(const std::string& name, LinearKind& out);
 
 struct ModelSpec {
     std::filesystem::path dir;

@@ -162,3 +162,58 @@ TEST(Cli, BadCheckpointsFailCleanly) {
     fs::resize_file(d4 / "tokenizer.json", 1000);
     expect_clean_error(run_cli("tokenize " + q(d4.string()) + " --text hi"), "tokenizer.json");
 }
+
+TEST(Cli, CalibrateWritesStatisticsAndRefusesExistingOutput) {
+    auto out = moebius::test::scratch_dir("cli-calib") / "stats";
+    auto text = (moebius::test::resources_dir() / "corpus" / "train.txt").string();
+    CliRun r = run_cli("calibrate --text " + q(text) + " --samples 4 --seqlen 32 --out " + q(out.string()) + " --json");
+    ASSERT_EQ(r.code, 0) << r.err;
+    json j = json::parse(r.out);
+    EXPECT_EQ(j["tokens"], 128);
+    EXPECT_EQ(j["per_layer"].size(), 4u);
+    auto util = json::parse(moebius::test::read_text(out / "utilisation.json"));
+    int64_t assigned = 0;
+    for (auto& c : util["layers"][0]["counts"]) assigned += c.get<int64_t>();
+    EXPECT_EQ(assigned, 128 * 4); // every token to top-4 experts
+    EXPECT_TRUE(std::filesystem::exists(out / "calibration.jsonl"));
+    EXPECT_TRUE(std::filesystem::exists(out / "layer2.expert_in.hdiag.npy"));
+    // Existing output without --force: refused, old output untouched.
+    expect_clean_error(run_cli("calibrate --text " + q(text) + " --samples 4 --seqlen 32 --out " + q(out.string())),
+                       out.string());
+    // Samples x seqlen beyond the text: clear error, no output directory.
+    auto tiny = moebius::test::scratch_dir("cli-calib-tiny");
+    std::ofstream(tiny / "short.txt") << "In the beginning God created the heaven and the earth.";
+    expect_clean_error(run_cli("calibrate --text " + q((tiny / "short.txt").string()) + " --samples 2 --seqlen 64 --out " +
+                               q((tiny / "o").string())),
+                       "short.txt");
+    EXPECT_FALSE(std::filesystem::exists(tiny / "o"));
+}
+
+TEST(Cli, RoutingDiffAgainstItselfIsZero) {
+    auto m = moebius::test::bundled_model().string();
+    CliRun r = run_cli("routing-diff " + q(m) + " " + q(m) + " --seqlen 64 --max-windows 3 --json");
+    ASSERT_EQ(r.code, 0) << r.err;
+    json j = json::parse(r.out);
+    EXPECT_EQ(j["shift_rate"].get<double>(), 0.0);
+    EXPECT_EQ(j["top1_flip_rate"].get<double>(), 0.0);
+    EXPECT_EQ(j["router_kl"].get<double>(), 0.0);
+    EXPECT_EQ(j["per_layer"].size(), 4u);
+    expect_clean_error(run_cli("routing-diff " + q(m) + " " + q(moebius::test::random_model("mixtral").string()) +
+                               " --seqlen 32 --max-windows 1"),
+                       "differ");
+}
+
+TEST(Cli, ImportanceMapGlas) {
+    auto out  = moebius::test::scratch_dir("cli-imp") / "map.npy";
+    auto text = (moebius::test::resources_dir() / "corpus" / "train.txt").string();
+    CliRun r  = run_cli("importance --layer 1 --module expert.down_proj --expert 3 --metric glas --text " + q(text) +
+                        " --samples 4 --seqlen 64 --out " + q(out.string()) + " --max-size 32,32 --json");
+    ASSERT_EQ(r.code, 0) << r.err;
+    json j = json::parse(r.out);
+    EXPECT_EQ(j["shape"], json::array({256, 128}));
+    EXPECT_EQ(j["image_shape"], json::array({32, 32}));
+    EXPECT_GT(j["tokens"].get<int>(), 0);
+    EXPECT_EQ(j["col_sum"].size(), 128u);
+    EXPECT_TRUE(std::filesystem::exists(out));
+    expect_clean_error(run_cli("importance --module nonsense --text " + q(text)), "nonsense");
+}

@@ -1,0 +1,128 @@
+#include "quantizer/calibration/importance.h"
+
+#include "engine/core/error.h"
+#include "engine/cpu/backward.h"
+
+#include <Eigen/Cholesky>
+#include <Eigen/Core>
+#include <algorithm>
+
+namespace moebius::quant {
+
+ImportanceMetric importance_metric_from_name(const std::string& n) {
+    if (n == "obs") return ImportanceMetric::Obs;
+    if (n == "hdiag") return ImportanceMetric::HessianDiag;
+    if (n == "glas") return ImportanceMetric::Glas;
+    throw InputError("unknown importance metric '" + n + "' (obs, hdiag, glas)");
+}
+
+const char* importance_metric_name(ImportanceMetric m) {
+    switch (m) {
+    case ImportanceMetric::Obs: return "obs";
+    case ImportanceMetric::HessianDiag: return "hdiag";
+    case ImportanceMetric::Glas: return "glas";
+    }
+    return "?";
+}
+
+std::vector<double> ImportanceMap::row_sum() const {
+    std::vector<double> r(rows, 0);
+    for (int i = 0; i < rows; ++i)
+        for (int j = 0; j < cols; ++j) r[i] += values[(size_t)i * cols + j];
+    return r;
+}
+
+std::vector<double> ImportanceMap::col_sum() const {
+    std::vector<double> c(cols, 0);
+    for (int i = 0; i < rows; ++i)
+        for (int j = 0; j < cols; ++j) c[j] += values[(size_t)i * cols + j];
+    return c;
+}
+
+ImportanceMap ImportanceMap::downsample(int max_rows, int max_cols) const {
+    ImportanceMap d;
+    d.rows = std::min(rows, std::max(1, max_rows));
+    d.cols = std::min(cols, std::max(1, max_cols));
+    d.values.assign((size_t)d.rows * d.cols, 0.f);
+    for (int i = 0; i < d.rows; ++i) {
+        int r0 = (int)((int64_t)rows * i / d.rows), r1 = (int)((int64_t)rows * (i + 1) / d.rows);
+        for (int j = 0; j < d.cols; ++j) {
+            int    c0 = (int)((int64_t)cols * j / d.cols), c1 = (int)((int64_t)cols * (j + 1) / d.cols);
+            double s  = 0;
+            for (int r = r0; r < r1; ++r)
+                for (int c = c0; c < c1; ++c) s += values[(size_t)r * cols + c];
+            d.values[(size_t)i * d.cols + j] = (float)(s / ((double)(r1 - r0) * (c1 - c0)));
+        }
+    }
+    return d;
+}
+
+ImportanceMap compute_importance(const std::vector<float>& W, int out, int in, const InputStats& st,
+                                 ImportanceMetric metric, const std::vector<double>* g, double damp) {
+    if (st.dim != in) throw InputError("importance: statistics of dimension " + std::to_string(st.dim) +
+                                       " do not match the weight's input dimension " + std::to_string(in));
+    if (st.n_tokens == 0) throw InputError("importance: no calibration token reached this linear");
+    if (metric == ImportanceMetric::Glas && (!g || (int)g->size() != out))
+        throw InputError("importance: the GLAS metric needs loss-gradient statistics for this linear");
+    Eigen::MatrixXd H = Eigen::Map<const Eigen::MatrixXd>(st.H.data(), in, in) / (double)st.n_tokens;
+    std::vector<double> coef(in); // per-column factor multiplying w²
+    if (metric == ImportanceMetric::HessianDiag) {
+        for (int j = 0; j < in; ++j) coef[j] = H(j, j);
+    } else {
+        for (int j = 0; j < in; ++j)
+            if (H(j, j) == 0) H(j, j) = 1; // dead input: GPTQ's convention
+        H.diagonal().array() += damp * H.diagonal().mean();
+        Eigen::LLT<Eigen::MatrixXd> llt(H);
+        if (llt.info() != Eigen::Success) throw Error("importance: the Hessian is not positive definite after damping");
+        Eigen::MatrixXd Hinv = llt.solve(Eigen::MatrixXd::Identity(in, in));
+        for (int j = 0; j < in; ++j) coef[j] = 1.0 / (Hinv(j, j) * Hinv(j, j));
+    }
+    ImportanceMap m;
+    m.rows = out;
+    m.cols = in;
+    m.values.resize((size_t)out * in);
+    for (int i = 0; i < out; ++i) {
+        const double gi = metric == ImportanceMetric::Glas ? (*g)[i] : 1.0;
+        for (int j = 0; j < in; ++j) {
+            const double w = W[(size_t)i * in + j];
+            m.values[(size_t)i * in + j] = (float)(gi * coef[j] * w * w);
+        }
+    }
+    return m;
+}
+
+std::vector<double> GradientStats::Entry::mean_sq() const {
+    std::vector<double> m(sum_sq.size(), 0);
+    if (tokens)
+        for (size_t i = 0; i < m.size(); ++i) m[i] = sum_sq[i] / tokens;
+    return m;
+}
+
+const GradientStats::Entry* GradientStats::find(int layer, LinearKind kind, int expert) const {
+    auto it = entries.find({layer, (int)kind, expert});
+    return it == entries.end() ? nullptr : &it->second;
+}
+
+GradientStats collect_gradient_stats(const Model& model, const CalibrationSet& calib, const ProgressFn& progress) {
+    GradientStats   gs;
+    GradientOptions opt;
+    opt.weight_grads   = false;
+    opt.on_linear_grad = [&](const LinearGradEvent& e) {
+        auto& en = gs.entries[{e.layer, (int)e.kind, e.expert}];
+        if (en.sum_sq.empty()) en.sum_sq.assign(e.out, 0.0);
+        en.tokens += e.n;
+        for (int t = 0; t < e.n; ++t)
+            for (int i = 0; i < e.out; ++i) {
+                const double d = e.dz[(size_t)t * e.out + i];
+                en.sum_sq[i] += d * d;
+            }
+    };
+    for (size_t s = 0; s < calib.samples.size(); ++s) {
+        report_progress(progress, (double)s / calib.samples.size(),
+                        "gradients: sample " + std::to_string(s + 1) + "/" + std::to_string(calib.samples.size()));
+        loss_and_gradients(model, calib.samples[s], opt);
+    }
+    return gs;
+}
+
+} // namespace moebius::quant

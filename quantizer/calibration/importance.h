@@ -1,0 +1,55 @@
+#pragma once
+// Importance maps of a linear's weights, and the loss-gradient statistics the GLAS saliency needs.
+#include <map>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "engine/core/model_config.h"
+#include "engine/core/progress.h"
+#include "quantizer/calibration/calibration_data.h"
+#include "quantizer/calibration/input_stats.h"
+
+namespace moebius {
+class Model;
+}
+
+namespace moebius::quant {
+
+enum class ImportanceMetric {
+    Obs,         // w_ij² / [H⁻¹]_jj²  (OBS / BiLLM saliency)
+    HessianDiag, // H_jj · w_ij²
+    Glas,        // ḡ_i · w_ij² / [H⁻¹]_jj², ḡ_i = mean over tokens of (∂ℓ/∂z_i)² (global-loss-aligned saliency)
+};
+ImportanceMetric importance_metric_from_name(const std::string& name); // "obs", "hdiag", "glas"; InputError otherwise
+const char*      importance_metric_name(ImportanceMetric m);
+
+struct ImportanceMap {
+    int                rows = 0, cols = 0;
+    std::vector<float> values; // (rows, cols)
+    std::vector<double> row_sum() const; // (rows)
+    std::vector<double> col_sum() const; // (cols)
+    // Mean-pooled to at most max_rows x max_cols (for display of large matrices).
+    ImportanceMap downsample(int max_rows, int max_cols) const;
+};
+
+// W (out, in); H from the stats normalised per token; damping λ = damp · mean(diag H) before inversion.
+// grad_sq_mean (out) is required for Glas. Throws InputError if the stats saw no token.
+ImportanceMap compute_importance(const std::vector<float>& W, int out, int in, const InputStats& stats,
+                                 ImportanceMetric metric, const std::vector<double>* grad_sq_mean = nullptr,
+                                 double damp = 0.01);
+
+// Per decoder linear (layer, kind, expert): mean over the tokens it saw of (∂ℓ/∂z_i)² for each output channel i,
+// from the backward pass of the full-precision model on the calibration set (next-token loss of each sample).
+struct GradientStats {
+    struct Entry {
+        int64_t             tokens = 0;
+        std::vector<double> sum_sq; // (out)
+        std::vector<double> mean_sq() const;
+    };
+    std::map<std::tuple<int, int, int>, Entry> entries; // key (layer, (int)kind, expert)
+    const Entry* find(int layer, LinearKind kind, int expert = -1) const;
+};
+GradientStats collect_gradient_stats(const Model& model, const CalibrationSet& calib, const ProgressFn& progress = {});
+
+} // namespace moebius::quant

@@ -1,0 +1,88 @@
+// Importance maps and the loss-gradient statistics behind GLAS.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "engine/core/error.h"
+#include "engine/cpu/model.h"
+#include "quantizer/calibration/importance.h"
+#include "test_util.h"
+
+using namespace moebius;
+using namespace moebius::quant;
+
+namespace {
+// Inputs along the coordinate axes with different energies give a diagonal H = diag(a) · n.
+InputStats diagonal_stats(const std::vector<double>& a, int n_each) {
+    const int  d = (int)a.size();
+    InputStats s(d, false);
+    for (int j = 0; j < d; ++j) {
+        std::vector<float> x(d, 0.f);
+        x[j] = (float)std::sqrt(a[j] * d); // Σ over the d·n_each rows of x_j² / (d·n_each) = a_j
+        for (int r = 0; r < n_each; ++r) s.add(x.data(), 1, nullptr);
+    }
+    return s;
+}
+} // namespace
+
+TEST(Importance, HandCheckableDiagonalHessian) {
+    std::vector<double> a{1.0, 4.0, 0.25};
+    InputStats          st = diagonal_stats(a, 5);
+    std::vector<float>  W{1, -2, 3, 0.5f, 0, -1}; // (2, 3)
+    const double        lambda = 0.01 * (1.0 + 4.0 + 0.25) / 3;
+    auto obs = compute_importance(W, 2, 3, st, ImportanceMetric::Obs);
+    auto hd  = compute_importance(W, 2, 3, st, ImportanceMetric::HessianDiag);
+    for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 3; ++j) {
+            double w = W[i * 3 + j];
+            // [H⁻¹]_jj = 1/(a_j + λ)  ⇒  w² / [H⁻¹]_jj² = w² (a_j + λ)²
+            EXPECT_NEAR(obs.values[i * 3 + j], w * w * (a[j] + lambda) * (a[j] + lambda), 1e-4);
+            EXPECT_NEAR(hd.values[i * 3 + j], w * w * a[j], 1e-4);
+        }
+    std::vector<double> g{2.0, 0.5};
+    auto glas = compute_importance(W, 2, 3, st, ImportanceMetric::Glas, &g);
+    for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 3; ++j) EXPECT_NEAR(glas.values[i * 3 + j], g[i] * obs.values[i * 3 + j], 1e-4);
+    auto rs = obs.row_sum();
+    EXPECT_NEAR(rs[0], (double)obs.values[0] + obs.values[1] + obs.values[2], 1e-9);
+    EXPECT_THROW(compute_importance(W, 2, 3, st, ImportanceMetric::Glas), InputError);
+    EXPECT_THROW(compute_importance(W, 2, 3, InputStats(3, false), ImportanceMetric::Obs), InputError);
+}
+
+TEST(Importance, DownsampleIsMeanPooling) {
+    ImportanceMap m;
+    m.rows   = 4;
+    m.cols   = 6;
+    for (int i = 0; i < 24; ++i) m.values.push_back((float)i);
+    auto d = m.downsample(2, 3);
+    ASSERT_EQ(d.rows, 2);
+    ASSERT_EQ(d.cols, 3);
+    EXPECT_FLOAT_EQ(d.values[0], (0 + 1 + 6 + 7) / 4.f);
+    EXPECT_FLOAT_EQ(d.values[5], (16 + 17 + 22 + 23) / 4.f);
+    auto same = m.downsample(100, 100);
+    EXPECT_EQ(same.values, m.values);
+}
+
+TEST(Importance, GradientStatsCoverEveryLinear) {
+    auto           m = Model::load(test::bundled_model());
+    CalibrationSet set;
+    set.seqlen  = 24;
+    set.samples = {{71, 276, 281, 277, 32, 56, 10, 296, 388, 1398, 1496, 646, 111, 390, 44, 267, 586, 1822, 864, 44,
+                    267, 361, 258, 1665}};
+    GradientStats gs = collect_gradient_stats(*m, set);
+    const auto&   s  = m->spec();
+    for (int il = 0; il < s.n_layer; ++il) {
+        for (LinearKind k : {LinearKind::Q, LinearKind::O, LinearKind::Router, LinearKind::SharedDown}) {
+            const auto* e = gs.find(il, k);
+            ASSERT_NE(e, nullptr) << il << " " << linear_kind_name(k);
+            EXPECT_EQ(e->tokens, 24);
+            double tot = 0;
+            for (double v : e->mean_sq()) tot += v;
+            EXPECT_GT(tot, 0);
+        }
+        int64_t routed = 0;
+        for (int e = 0; e < s.n_expert; ++e)
+            if (const auto* en = gs.find(il, LinearKind::ExpertDown, e)) routed += en->tokens;
+        EXPECT_EQ(routed, 24 * s.n_expert_used);
+    }
+}
