@@ -16,6 +16,7 @@
 #include <numeric>
 
 #include <chrono>
+#include <fstream>
 #include <iostream>
 
 namespace moebius::cli {
@@ -28,8 +29,16 @@ CalibrationSet calibration_from_args(const Args& args, const Model& model, const
     int      seqlen  = (int)args.get_int("seqlen", 256, 2, 1 << 20);
     uint64_t seed    = (uint64_t)args.get_int("seed", 0, 0, INT64_MAX);
     int      sources = (args.get("text") ? 1 : 0) + (args.flag("ebss") ? 1 : 0) + (args.get("calib") ? 1 : 0);
-    if (sources != 1) throw InputError("give exactly one calibration source: --text FILE, --ebss or --calib SET.jsonl");
-    if (auto f = args.get("calib")) return load_calibration_set(*f);
+    if (sources != 1) throw InputError("give exactly one calibration source: --calib FILE (text, {\"text\"} JSONL or a saved set), --text FILE or --ebss");
+    if (auto f = args.get("calib")) {
+        // A saved calibration set (JSONL whose first line is the {"seqlen", ...} header) or a calibration text.
+        std::ifstream in(*f);
+        std::string   first;
+        std::getline(in, first);
+        if (std::filesystem::path(*f).extension() == ".jsonl" && first.find("\"seqlen\"") != std::string::npos)
+            return load_calibration_set(*f);
+        return random_windows(tok.encode(read_calibration_text(*f)), samples, seqlen, seed, *f);
+    }
     if (auto f = args.get("text")) return random_windows(tok.encode(read_calibration_text(*f)), samples, seqlen, seed, *f);
     EbssOptions o;
     o.samples = samples;

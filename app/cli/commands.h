@@ -15,5 +15,7 @@ int cmd_ppl(const Argv& argv);
 int cmd_calibrate(const Argv& argv);
 int cmd_routing_diff(const Argv& argv);
 int cmd_importance(const Argv& argv);
+int cmd_quantize(const Argv& argv);
+int cmd_export(const Argv& argv);
 
 } // namespace moebius::cli

@@ -28,6 +28,11 @@ const Command k_commands[] = {
      "           --out DIR [--force] [--json]   calibration set, expert utilisation, input statistics"},
     {"routing-diff", moebius::cli::cmd_routing_diff,
      "routing-diff REF MODEL [--text FILE] [--seqlen L] [--json]   routing shift between two models"},
+    {"quantize", moebius::cli::cmd_quantize,
+     "quantize [MODEL] --method rtn|gptq|agq [--bits B] [--group G] [--sym] [--act-order]\n"
+     "           [--calib FILE | --ebss] [--samples N] [--seqlen L] [--seed S] --out DIR [--force] [--json]"},
+    {"export", moebius::cli::cmd_export,
+     "export QMODEL --dequantized OUT [--dtype bf16|f16|f32] [--force]   plain HF checkpoint"},
     {"importance", moebius::cli::cmd_importance,
      "importance [MODEL] --layer L --module M [--expert E] [--metric obs|hdiag|glas] (--text F | --ebss | --calib S)\n"
      "           [--out MAP.npy] [--max-size R,C] [--json]   weight importance map of one linear"},

@@ -251,6 +251,18 @@ ModelSpec ModelSpec::from_json_text(const std::string& text, const std::filesyst
         if (!s.layer_is_moe[il] && s.n_ff_dense <= 0)
             r.fail("layer " + std::to_string(il) + " is dense but intermediate_size is missing");
 
+    if (r.has("quantization_config")) {
+        const json& q = j["quantization_config"];
+        if (!q.is_object()) r.fail("quantization_config must be an object");
+        std::string method = q.value("quant_method", std::string());
+        if (method != "moebius")
+            throw UnsupportedError(file.string() + ": quantization method '" + method +
+                                   "' is not supported (Moebius reads its own 'moebius' format; dequantize other "
+                                   "formats with their own tools first)");
+        if (!q.contains("modules") || !q["modules"].is_object())
+            r.fail("quantization_config.modules must map module names to their formats");
+        s.quantization = q;
+    }
     if (r.has("bos_token_id") && j["bos_token_id"].is_number_integer()) s.bos_token_id = j["bos_token_id"].get<int>();
     if (r.has("eos_token_id")) {
         const auto& e = j["eos_token_id"];

@@ -3,6 +3,7 @@
 // The families differ only in the switches of FamilyTraits (table in model_config.cpp); there is one forward.
 #include <cstdint>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -70,6 +71,8 @@ struct ModelSpec {
     std::string torch_dtype;
     std::optional<int> bos_token_id;
     std::vector<int> eos_token_ids;
+    // quantization_config of a Moebius quantized checkpoint (null for a plain checkpoint); see docs/FORMAT.md.
+    nlohmann::json quantization;
 
     const FamilyTraits& traits() const { return family_traits(family); }
     int n_moe_layers() const;

@@ -1,0 +1,143 @@
+#include "quantizer/format/checkpoint_writer.h"
+
+#include "engine/core/atomic_file.h"
+#include "engine/core/error.h"
+#include "engine/core/safetensors.h"
+#include "engine/core/weight_store.h"
+#include "engine/cpu/nbit_linear.h"
+
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+namespace moebius::quant {
+
+namespace {
+
+struct Owned {
+    std::string          name;
+    DType                dtype;
+    std::vector<int64_t> shape;
+    std::vector<uint8_t> bytes;
+};
+
+template <class T> std::vector<uint8_t> as_bytes(std::span<const T> v) {
+    std::vector<uint8_t> b(v.size_bytes());
+    std::memcpy(b.data(), v.data(), b.size());
+    return b;
+}
+
+std::vector<uint8_t> encode_f32(const std::vector<float>& w, DType dt) {
+    std::vector<uint8_t> b;
+    if (dt == DType::F32) {
+        b.resize(w.size() * 4);
+        std::memcpy(b.data(), w.data(), b.size());
+    } else if (dt == DType::BF16 || dt == DType::F16) {
+        b.resize(w.size() * 2);
+        for (size_t i = 0; i < w.size(); ++i) {
+            uint16_t h = dt == DType::BF16 ? f32_to_bf16(w[i]) : f32_to_f16(w[i]);
+            std::memcpy(b.data() + 2 * i, &h, 2);
+        }
+    } else {
+        throw InputError("dequantized export supports bf16, f16 and f32");
+    }
+    return b;
+}
+
+} // namespace
+
+WriteReport write_checkpoint(const Model& model, const std::filesystem::path& src_dir, const std::filesystem::path& out,
+                             const WriteOptions& opt, const ProgressFn& progress) {
+    namespace fs = std::filesystem;
+    const ModelSpec& spec  = model.spec();
+    WeightStore      store = WeightStore::open(src_dir);
+    AtomicDir        dir(out, opt.force);
+    WriteReport      rep;
+
+    // Every decoder linear of the model, by module name.
+    std::vector<std::pair<std::string, const Linear*>> modules;
+    for (int il = 0; il < spec.n_layer; ++il) {
+        auto& L = const_cast<Model&>(model).layer(il);
+        for (int k = 0; k < (int)LinearKind::Count; ++k) {
+            auto kind = (LinearKind)k;
+            bool per_expert = kind == LinearKind::ExpertGate || kind == LinearKind::ExpertUp || kind == LinearKind::ExpertDown;
+            for (int e = 0; e < (per_expert ? (int)L.experts.size() : 1); ++e) {
+                const auto& slot = L.slot(kind, per_expert ? e : -1);
+                if (slot) modules.emplace_back(spec.linear_name(il, kind, per_expert ? e : -1), slot.get());
+            }
+        }
+    }
+    std::set<std::string> owned_names; // source tensors that belong to a linear module (replaced below)
+    for (auto& [m, _] : modules)
+        for (const char* suffix : {".weight", ".qweight", ".scales", ".zeros"}) owned_names.insert(m + suffix);
+
+    std::vector<Owned>       produced;
+    nlohmann::ordered_json   qmodules = nlohmann::ordered_json::object();
+    for (size_t i = 0; i < modules.size(); ++i) {
+        if (i % 64 == 0) report_progress(progress, 0.8 * i / modules.size(), "writing " + modules[i].first);
+        const auto& [name, lin] = modules[i];
+        const int64_t out_f = lin->out_features(), in_f = lin->in_features();
+        const auto*   nb    = dynamic_cast<const NbitLinear*>(lin);
+        if (nb && !opt.dequantized) {
+            const int64_t ng = nb->n_groups();
+            produced.push_back({name + ".qweight", DType::U8, {out_f, NbitLinear::row_bytes((int)in_f, nb->bits())},
+                                as_bytes(nb->packed_codes())});
+            produced.push_back({name + ".scales", DType::F16, {out_f, ng}, as_bytes(nb->scales_f16())});
+            produced.push_back({name + ".zeros", DType::U8, {out_f, ng}, as_bytes(nb->zeros())});
+            for (size_t t = produced.size() - 3; t < produced.size(); ++t) rep.quantized_bytes += produced[t].bytes.size();
+            rep.quantized_weights += out_f * in_f;
+            qmodules[name] = {{"format", "nbit"}, {"bits", nb->bits()}, {"group_size", nb->group()}};
+        } else if (!nb && dynamic_cast<const DenseLinear*>(lin) && store.has(name + ".weight")) {
+            continue; // unchanged dense weight: copied from the source below
+        } else if (!nb && !dynamic_cast<const DenseLinear*>(lin) && !opt.dequantized) {
+            throw UnsupportedError("cannot write module " + name + " of format '" + lin->format() + "'");
+        } else {
+            DType dt = opt.dequantized ? opt.dtype : DType::F32;
+            produced.push_back({name + ".weight", dt, {out_f, in_f}, encode_f32(lin->dequantize(), dt)});
+        }
+    }
+
+    // Dense, unchanged weights are copied from the source byte for byte; every other tensor of a linear module is
+    // replaced by what was produced above.
+    std::set<std::string> keep;
+    for (const auto& [m, lin] : modules)
+        if (dynamic_cast<const DenseLinear*>(lin) && store.has(m + ".weight")) keep.insert(m + ".weight");
+    std::vector<TensorToWrite> tensors;
+    for (const auto& name : store.names()) {
+        if (owned_names.count(name) && !keep.count(name)) continue;
+        const TensorInfo& ti = store.info(name);
+        tensors.push_back({name, ti.dtype, ti.shape, {ti.data, ti.nbytes}});
+    }
+    for (const auto& o : produced) tensors.push_back({o.name, o.dtype, o.shape, o.bytes});
+    for (const auto& t : tensors) rep.bytes_total += t.data.size();
+    report_progress(progress, 0.85, "writing model.safetensors");
+    std::map<std::string, std::string> meta{{"format", "pt"}, {"producer", std::string("moebius ") + MOEBIUS_VERSION}};
+    write_safetensors(dir.temp_path() / "model.safetensors", tensors, meta);
+
+    // config.json: the source's, with quantization_config set (packed) or removed (dequantized / nothing quantized).
+    nlohmann::ordered_json cfg;
+    {
+        std::ifstream f(src_dir / "config.json");
+        cfg = nlohmann::ordered_json::parse(f);
+    }
+    cfg.erase("quantization_config");
+    if (!opt.dequantized && !qmodules.empty()) {
+        nlohmann::ordered_json q = opt.quantization;
+        q["quant_method"]        = "moebius";
+        q["format_version"]      = 1;
+        q["tool"]                = std::string("moebius ") + MOEBIUS_VERSION;
+        q["modules"]             = qmodules;
+        cfg["quantization_config"] = q;
+    }
+    if (opt.dequantized) cfg["torch_dtype"] = std::string(opt.dtype == DType::F32 ? "float32" : opt.dtype == DType::F16 ? "float16" : "bfloat16");
+    write_file_atomic(dir.temp_path() / "config.json", cfg.dump(2));
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja",
+                          "special_tokens_map.json"})
+        if (fs::exists(src_dir / f)) fs::copy_file(src_dir / f, dir.temp_path() / f);
+    report_progress(progress, 1.0, "done");
+    dir.commit();
+    return rep;
+}
+
+} // namespace moebius::quant

@@ -1,0 +1,241 @@
+#include "quantizer/pipeline.h"
+
+#include "engine/core/error.h"
+#include "engine/cpu/nbit_linear.h"
+#include "quantizer/calibration/capture.h"
+#include "quantizer/methods/gptq.h"
+#include "quantizer/methods/uniform_quant.h"
+
+#include <chrono>
+
+namespace moebius::quant {
+
+std::vector<std::string> quantize_methods() { return {"rtn", "gptq", "agq"}; }
+
+void validate_options(const QuantizeOptions& o, const ModelSpec& spec) {
+    bool known = false;
+    for (auto& m : quantize_methods()) known |= m == o.method;
+    if (!known) {
+        std::string list;
+        for (auto& m : quantize_methods()) list += (list.empty() ? "" : ", ") + m;
+        throw InputError("unknown method '" + o.method + "' (available: " + list + ")");
+    }
+    if (o.bits < 2 || o.bits > 8) throw InputError("--bits must be 2..8 for " + o.method + ", got " + std::to_string(o.bits));
+    if (o.group == 0 || o.group < -1) throw InputError("--group must be positive or -1 (per channel)");
+    if (o.group > 0) {
+        for (LinearKind k : {LinearKind::Q, LinearKind::O, LinearKind::ExpertGate, LinearKind::ExpertDown}) {
+            int in = spec.linear_shape(k).second;
+            if (in % o.group)
+                throw InputError("--group " + std::to_string(o.group) + " does not divide the input size " +
+                                 std::to_string(in) + " of " + linear_kind_name(k));
+        }
+    }
+    if (o.damp < 0) throw InputError("--damp must not be negative");
+}
+
+nlohmann::ordered_json QuantizeReport::to_json() const {
+    nlohmann::ordered_json j;
+    auto                   under = nlohmann::ordered_json::array();
+    for (const auto& u : undercalibrated) under.push_back({{"layer", u.layer}, {"expert", u.expert}, {"tokens", u.tokens}});
+    j["undercalibrated_experts"] = under;
+    auto layers = nlohmann::ordered_json::array();
+    int  cur    = -1;
+    for (const auto& m : modules) {
+        if (m.layer != cur) {
+            layers.push_back({{"layer", m.layer}, {"modules", nlohmann::ordered_json::array()}});
+            cur = m.layer;
+        }
+        layers.back()["modules"].push_back(
+            {{"name", m.name}, {"tokens", m.tokens}, {"rel_error", m.rel_error}, {"bits", 8.0 * m.bytes / m.weights}});
+    }
+    j["per_layer"] = layers;
+    return j;
+}
+
+namespace {
+
+struct LayerQuantizer {
+    Model&                 model;
+    const QuantizeOptions& opt;
+    QuantizeReport&        report;
+
+    // Quantizes the linear in `slot` with the Hessian H (in, in) (may be empty for RTN).
+    void quantize(std::unique_ptr<Linear>& slot, const std::string& name, int layer, int expert, int64_t tokens,
+                  const std::vector<double>* H) {
+        const int          in = slot->in_features(), out = slot->out_features();
+        std::vector<float> W  = slot->dequantize();
+        UniformConfig      grid;
+        grid.bits  = opt.bits;
+        grid.group = opt.group;
+        grid.sym   = opt.sym;
+        ModuleReport mr;
+        mr.name   = name;
+        mr.layer  = layer;
+        mr.expert = expert;
+        mr.tokens = tokens;
+        UniformQuantized q;
+        if (opt.method == "rtn" || !H) {
+            q = rtn_quantize(W.data(), out, in, grid);
+        } else {
+            GptqOptions go;
+            go.grid          = grid;
+            go.damp          = opt.damp;
+            go.block         = opt.block;
+            go.act_order     = opt.act_order;
+            go.static_groups = true;
+            GptqReport gr;
+            q            = gptq_quantize(W.data(), out, in, *H, go, &gr);
+            mr.rel_error = gr.rel_error;
+        }
+        auto lin   = make_nbit_linear(q);
+        mr.weights = (int64_t)out * in;
+        mr.bytes   = (int64_t)lin->storage_bytes();
+        slot       = std::move(lin);
+        report.modules.push_back(mr);
+    }
+};
+
+// An expert that saw few calibration tokens gets H_e + (deficit) · mean-per-token H of the whole layer input (for
+// gate/up, whose input distribution is the layer's FFN input) or a scaled identity (for down, whose input is expert
+// specific): the estimate shrinks toward a prior instead of being singular or noise-dominated.
+std::vector<double> regularised(const InputStats& s, const InputStats* prior, int min_tokens) {
+    std::vector<double> H = s.H;
+    const int           d = s.dim;
+    const double        deficit = std::max<int64_t>(0, min_tokens - s.n_tokens);
+    if (deficit == 0) return H;
+    if (prior && prior->n_tokens > 0) {
+        for (size_t i = 0; i < H.size(); ++i) H[i] += deficit * prior->H[i] / prior->n_tokens;
+    } else {
+        double tr = 0;
+        for (int i = 0; i < d; ++i) tr += s.H[(size_t)i * d + i];
+        double diag = s.n_tokens > 0 ? tr / d / s.n_tokens : 1.0;
+        for (int i = 0; i < d; ++i) H[(size_t)i * d + i] += deficit * std::max(diag, 1e-8);
+    }
+    return H;
+}
+
+} // namespace
+
+QuantizeReport quantize_model(Model& model, const CalibrationSet& calib, const QuantizeOptions& opt,
+                              const ProgressFn& progress) {
+    const auto t0   = std::chrono::steady_clock::now();
+    const auto& spec = model.spec();
+    validate_options(opt, spec);
+    QuantizeReport rep;
+    LayerQuantizer lq{model, opt, rep};
+    const bool     agq = opt.method == "agq";
+    const bool     rtn = opt.method == "rtn";
+    const int      L   = spec.n_layer;
+
+    if (rtn) {
+        for (int il = 0; il < L; ++il) {
+            report_progress(progress, (double)il / L, "layer " + std::to_string(il + 1) + "/" + std::to_string(L));
+            auto& Ly = model.layer(il);
+            for (int k = 0; k < (int)LinearKind::Count; ++k) {
+                auto kind = (LinearKind)k;
+                if ((kind == LinearKind::Router || kind == LinearKind::SharedExpertGate) && !opt.quantize_router) continue;
+                if ((kind <= LinearKind::O) && !opt.quantize_attention) continue;
+                bool per_expert = kind == LinearKind::ExpertGate || kind == LinearKind::ExpertUp || kind == LinearKind::ExpertDown;
+                for (int e = 0; e < (per_expert ? (int)Ly.experts.size() : 1); ++e) {
+                    auto& slot = Ly.slot(kind, per_expert ? e : -1);
+                    if (slot) lq.quantize(slot, spec.linear_name(il, kind, per_expert ? e : -1), il, per_expert ? e : -1, 0, nullptr);
+                }
+            }
+        }
+        rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        return rep;
+    }
+
+    LayerwiseRunner run(model, calib);
+    while (!run.done()) {
+        const int il   = run.current_layer();
+        auto&     Ly   = model.layer(il);
+        auto      prog = [&](double f, const std::string& what) {
+            report_progress(progress, (il + f) / L, "layer " + std::to_string(il + 1) + "/" + std::to_string(L) + ": " + what);
+        };
+        auto sub = [&](double f0, double f1, const std::string& what) {
+            return [&, f0, f1, what](const Progress& p) {
+                prog(f0 + (f1 - f0) * p.fraction, what);
+                return true;
+            };
+        };
+        if (opt.quantize_attention) {
+            CaptureOptions c;
+            c.ffn = c.experts = false;
+            LayerStats st = run.capture(c, sub(0.0, 0.1, "attention inputs"));
+            for (LinearKind k : {LinearKind::Q, LinearKind::K, LinearKind::V})
+                lq.quantize(Ly.slot(k), spec.linear_name(il, k), il, -1, st.attn_in.n_tokens, &st.attn_in.H);
+            st = run.capture(c, sub(0.1, 0.2, "attention output"));
+            lq.quantize(Ly.o, spec.linear_name(il, LinearKind::O), il, -1, st.attn_out.n_tokens, &st.attn_out.H);
+        }
+        if (opt.quantize_router) {
+            // The router first, so the experts' affinities come from the quantized router (MoEQuant's order).
+            CaptureOptions c;
+            c.attention = c.experts = false;
+            LayerStats st = run.capture(c, sub(0.2, 0.3, "router input"));
+            for (LinearKind k : {LinearKind::Router, LinearKind::SharedExpertGate})
+                if (Ly.slot(k)) lq.quantize(Ly.slot(k), spec.linear_name(il, k), il, -1, st.ffn_in.n_tokens, &st.ffn_in.H);
+        }
+        CaptureOptions c;
+        c.attention = false;
+        c.affinity  = agq;
+        LayerStats st = run.capture(c, sub(0.3, 0.6, "FFN inputs"));
+        auto hessian = [&](const InputStats& s) -> const std::vector<double>& { return agq && s.affinity ? s.H_aff : s.H; };
+        if (Ly.is_moe) {
+            std::vector<std::vector<double>> Hreg(spec.n_expert);
+            for (int e = 0; e < spec.n_expert; ++e) {
+                const InputStats& s = st.expert_in[e];
+                if (s.n_tokens < opt.min_expert_tokens) {
+                    rep.undercalibrated.push_back({il, e, s.n_tokens});
+                    // AGQ: the prior is the plain FFN input (weights unknown for tokens the expert never saw).
+                    InputStats prior = st.ffn_in;
+                    InputStats cur   = s;
+                    if (agq) cur.H = s.H_aff;
+                    Hreg[e] = regularised(cur, &prior, opt.min_expert_tokens);
+                }
+            }
+            for (int e = 0; e < spec.n_expert; ++e) {
+                prog(0.6, "experts gate/up");
+                const InputStats& s = st.expert_in[e];
+                const auto*       H = Hreg[e].empty() ? &hessian(s) : &Hreg[e];
+                for (LinearKind k : {LinearKind::ExpertGate, LinearKind::ExpertUp})
+                    lq.quantize(Ly.slot(k, e), spec.linear_name(il, k, e), il, e, s.n_tokens, H);
+            }
+            if (Ly.shared_gate)
+                for (LinearKind k : {LinearKind::SharedGate, LinearKind::SharedUp}) {
+                    const InputStats* s = st.for_linear(k);
+                    lq.quantize(Ly.slot(k), spec.linear_name(il, k), il, -1, s->n_tokens, &hessian(*s));
+                }
+        } else {
+            for (LinearKind k : {LinearKind::DenseGate, LinearKind::DenseUp})
+                lq.quantize(Ly.slot(k), spec.linear_name(il, k), il, -1, st.ffn_in.n_tokens, &st.ffn_in.H);
+        }
+        // Down projections see the outputs of the quantized gate/up.
+        st = run.capture(c, sub(0.7, 0.9, "FFN intermediate"));
+        if (Ly.is_moe) {
+            for (int e = 0; e < spec.n_expert; ++e) {
+                const InputStats& s = st.expert_mid[e];
+                std::vector<double> Hreg;
+                if (s.n_tokens < opt.min_expert_tokens) {
+                    InputStats cur = s;
+                    if (agq) cur.H = s.H_aff;
+                    Hreg = regularised(cur, nullptr, opt.min_expert_tokens);
+                }
+                lq.quantize(Ly.slot(LinearKind::ExpertDown, e), spec.linear_name(il, LinearKind::ExpertDown, e), il, e,
+                            s.n_tokens, Hreg.empty() ? &hessian(s) : &Hreg);
+            }
+            if (Ly.shared_down)
+                lq.quantize(Ly.shared_down, spec.linear_name(il, LinearKind::SharedDown), il, -1, st.shared_mid.n_tokens,
+                            &st.shared_mid.H);
+        } else {
+            lq.quantize(Ly.dense_down, spec.linear_name(il, LinearKind::DenseDown), il, -1, st.dense_mid.n_tokens,
+                        &st.dense_mid.H);
+        }
+        run.advance(nullptr, sub(0.9, 1.0, "propagating"));
+    }
+    rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    report_progress(progress, 1.0, "done");
+    return rep;
+}
+
+} // namespace moebius::quant

@@ -1,0 +1,60 @@
+#pragma once
+// The layer-sequential quantization driver: for each decoder layer, capture the inputs of its linears on the
+// calibration set, quantize them group by group in dependency order (attention q/k/v → o → [router] → gate/up of
+// experts, shared and dense FFN → down), each group seeing the outputs of the already-quantized groups, then push the
+// calibration hidden states through the quantized layer into the next one.
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "engine/core/progress.h"
+#include "engine/cpu/model.h"
+#include "quantizer/calibration/calibration_data.h"
+
+namespace moebius::quant {
+
+struct QuantizeOptions {
+    std::string method = "gptq"; // rtn | gptq | agq
+    int         bits   = 4;
+    int         group  = 128;    // -1: per output channel
+    bool        sym    = false;
+    bool        act_order = false;
+    double      damp   = 0.01;
+    int         block  = 128;
+    bool        quantize_router = false; // routers and shared_expert_gate stay in source precision unless asked
+    bool        quantize_attention = true;
+    int         min_expert_tokens = 16;  // below this an expert's Hessian is regularised (see pipeline.cpp)
+};
+
+struct ModuleReport {
+    std::string name;
+    int         layer  = 0;
+    int         expert = -1;
+    int64_t     tokens = 0;
+    double      rel_error = 0; // ‖(W − Ŵ) X‖² / ‖W X‖² on the calibration inputs (the method's objective)
+    int64_t     weights = 0;
+    int64_t     bytes   = 0;
+};
+
+struct QuantizeReport {
+    std::vector<ModuleReport> modules;
+    struct Undercalibrated {
+        int     layer, expert;
+        int64_t tokens;
+    };
+    std::vector<Undercalibrated> undercalibrated; // experts quantized with a regularised Hessian
+    double seconds = 0;
+    nlohmann::ordered_json to_json() const;
+};
+
+// Known methods, for the CLI's validation and help.
+std::vector<std::string> quantize_methods();
+// Throws InputError for an unknown method, bits out of range or a group that does not divide the input sizes.
+void validate_options(const QuantizeOptions& opt, const ModelSpec& spec);
+
+// Quantizes `model` in place (its linears are replaced by packed ones). The calibration set may be ignored (RTN).
+QuantizeReport quantize_model(Model& model, const CalibrationSet& calib, const QuantizeOptions& opt,
+                              const ProgressFn& progress = {});
+
+} // namespace moebius::quant
