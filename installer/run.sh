@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./installer/install-deps.sh >/dev/null
-export CCACHE_DIR=${CCACHE_DIR:-$PWD/.cache/ccache}
+# ccache uses its default directory (~/.cache/ccache), so repeated CI runs on one machine reuse it.
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j "$(nproc)" --target moebius
 ./build/moebius info

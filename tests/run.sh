@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./installer/install-deps.sh
 JOBS=${JOBS:-$(nproc)}
-export CCACHE_DIR=${CCACHE_DIR:-$PWD/.cache/ccache}
+# ccache uses its default directory (~/.cache/ccache), so repeated CI runs on one machine reuse it.
 
 echo "== Release build"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOEBIUS_BUILD_TESTS=ON >/dev/null

@@ -2,8 +2,10 @@
 
 #include "engine/core/error.h"
 #include "engine/core/weight_store.h"
+#include "engine/cpu/linear_loader.h"
 #include "engine/cpu/ops.h"
 
+#include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -68,8 +70,7 @@ std::unique_ptr<Model> Model::load(const ModelSpec& spec, const WeightStore& sto
     const int64_t H = spec.n_embd;
     auto linear = [&](int il, LinearKind kind, int expert = -1) {
         auto [out, in] = spec.linear_shape(kind);
-        auto w         = load_tensor(store, spec.linear_name(il, kind, expert) + ".weight", {out, in});
-        return std::make_unique<DenseLinear>(in, out, std::move(w));
+        return load_linear(store, spec, spec.linear_name(il, kind, expert), out, in);
     };
     report_progress(progress, 0.0, "embeddings");
     m->embed_      = load_tensor(store, spec.embed_name(), {spec.n_vocab, H});
@@ -279,35 +280,41 @@ void Model::attention(int il, const float* hn, int n, KVCache* cache, int n_past
     const int          group = nh / nkv;
     const float        scale = 1.0f / std::sqrt((float)hd);
     std::vector<float> attn((size_t)n * qd);
-#pragma omp parallel
+    // Per (head, block of up to kQB queries): S = Q_b K_hᵀ and O_b = softmax(S) V_h as two small GEMMs over the keys
+    // the block's last query can see; rows whose causal limit ends earlier get zero weight for the later keys.
+    // (The dot products were scalar loops before: a serial FMA chain per score, ~4 cycles per multiply-add.)
+    using RowMat      = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    using ConstStrided = Eigen::Map<const RowMat, 0, Eigen::OuterStride<>>;
+    using Strided      = Eigen::Map<RowMat, 0, Eigen::OuterStride<>>;
+    constexpr int kQB  = 32;
+    const int     n_qb = (n + kQB - 1) / kQB;
+    // Fork only when there is enough work to amortise waking the other threads (decode of a small model is not).
+    const int64_t work = (int64_t)n * nh * (base + n) * hd;
+#pragma omp parallel if (work >= (1 << 20))
     {
-        std::vector<float> scores(base + n);
-#pragma omp for collapse(2) schedule(dynamic, 4)
-        for (int i = 0; i < n; ++i) {
-            for (int h = 0; h < nh; ++h) {
-                const float* qi   = q.data() + (int64_t)i * qd + (int64_t)h * hd;
+        std::vector<float> scores((size_t)std::min(n, kQB) * (base + n));
+#pragma omp for collapse(2) schedule(dynamic, 1)
+        for (int h = 0; h < nh; ++h) {
+            for (int b = 0; b < n_qb; ++b) {
+                const int    i0 = b * kQB, m = std::min(n, i0 + kQB) - i0;
                 const int    kvh  = h / group; // repeat_kv: q-head h reads kv-head h / (n_head / n_head_kv)
-                const int    nctx = base + i + 1;
-                float        m    = -INFINITY;
-                for (int j = 0; j < nctx; ++j) {
-                    const float* kj = K + (int64_t)j * kvd + (int64_t)kvh * hd;
-                    float        s  = 0;
-                    for (int d = 0; d < hd; ++d) s += qi[d] * kj[d];
-                    scores[j] = s * scale;
-                    m         = std::max(m, scores[j]);
+                const int    nctx = base + i0 + m; // keys visible to the block's last query
+                ConstStrided Qb(q.data() + (int64_t)i0 * qd + (int64_t)h * hd, m, hd, Eigen::OuterStride<>(qd));
+                ConstStrided Kh(K + (int64_t)kvh * hd, nctx, hd, Eigen::OuterStride<>(kvd));
+                ConstStrided Vh(V + (int64_t)kvh * hd, nctx, hd, Eigen::OuterStride<>(kvd));
+                Eigen::Map<RowMat> S(scores.data(), m, nctx);
+                S.noalias() = Qb * Kh.transpose();
+                for (int r = 0; r < m; ++r) {
+                    float*                     sr  = scores.data() + (int64_t)r * nctx;
+                    const int                  lim = base + i0 + r + 1; // causal: keys 0..lim-1
+                    Eigen::Map<Eigen::ArrayXf> row(sr, lim);
+                    row *= scale;
+                    row = (row - row.maxCoeff()).exp(); // vectorised exp
+                    row *= 1.0f / row.sum();
+                    std::fill(sr + lim, sr + nctx, 0.f);
                 }
-                float sum = 0;
-                for (int j = 0; j < nctx; ++j) {
-                    scores[j] = std::exp(scores[j] - m);
-                    sum += scores[j];
-                }
-                float* oi = attn.data() + (int64_t)i * qd + (int64_t)h * hd;
-                std::fill(oi, oi + hd, 0.f);
-                for (int j = 0; j < nctx; ++j) {
-                    const float* vj = V + (int64_t)j * kvd + (int64_t)kvh * hd;
-                    const float  p  = scores[j] / sum;
-                    for (int d = 0; d < hd; ++d) oi[d] += p * vj[d];
-                }
+                Strided Ob(attn.data() + (int64_t)i0 * qd + (int64_t)h * hd, m, hd, Eigen::OuterStride<>(qd));
+                Ob.noalias() = S * Vh;
             }
         }
     }
@@ -379,10 +386,15 @@ void Model::moe_ffn(int il, const float* hn, int n, const int* positions, const 
             b.w.push_back(topw[(size_t)t * K + j]);
         }
     std::vector<int> active;
+    int64_t          routed = 0; // token-expert pairs
     for (int e = 0; e < E; ++e)
-        if (!buckets[e].tok.empty()) active.push_back(e);
+        if (!buckets[e].tok.empty()) {
+            active.push_back(e);
+            routed += (int64_t)buckets[e].tok.size();
+        }
 
-#pragma omp parallel for schedule(dynamic)
+    // Experts run concurrently (their matmuls single-threaded inside); small layers stay on one thread.
+#pragma omp parallel for schedule(dynamic) if (active.size() > 1 && routed * 3 * H * F >= (1 << 20))
     for (size_t ai = 0; ai < active.size(); ++ai) {
         Bucket&   b = buckets[active[ai]];
         const int m = (int)b.tok.size();

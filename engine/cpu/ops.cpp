@@ -25,9 +25,12 @@ static inline float dot(const float* a, const float* b, int n) {
 void matmul_wt(const float* x, int n, int in, const float* w, int out, float* y) {
     const bool nested  = omp_in_parallel();
     const int  threads = nested ? 1 : omp_get_max_threads();
+    // Below ~2^18 multiply-adds a product takes tens of microseconds on one core; forking costs a few microseconds on
+    // an idle machine but a scheduler time slice (milliseconds) when other processes keep the cores busy.
+    const bool big = (int64_t)n * out * in >= (1 << 18);
     if (n <= 4) {
         // GEMV regime: stream W once, all n tokens per row.
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && (int64_t)out * in > 32768)
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && big)
         for (int o = 0; o < out; ++o) {
             const float* wr = w + (int64_t)o * in;
             for (int t = 0; t < n; ++t) y[(int64_t)t * out + o] = dot(x + (int64_t)t * in, wr, in);
@@ -36,7 +39,7 @@ void matmul_wt(const float* x, int n, int in, const float* w, int out, float* y)
     }
     MapC X(x, n, in);
     // GEMM regime: split W's rows into one contiguous chunk per thread; Eigen does the blocking inside a chunk.
-    int chunks = std::max(1, std::min(threads, out / 16));
+    int chunks = big ? std::max(1, std::min(threads, out / 16)) : 1;
 #pragma omp parallel for schedule(static) num_threads(threads) if (chunks > 1)
     for (int c = 0; c < chunks; ++c) {
         int o0 = (int)((int64_t)out * c / chunks), o1 = (int)((int64_t)out * (c + 1) / chunks);
@@ -95,8 +98,11 @@ void softmax(float* x, int d) {
 float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
 void silu_mul(const float* g, const float* u, int n, int d, float* h) {
-    int64_t total = (int64_t)n * d;
-    for (int64_t i = 0; i < total; ++i) h[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+    // Eigen's vectorised exp (within ~2 ulp of std::exp) is ~3.5x faster than a scalar expf call per element.
+    const Eigen::Index                    total = (Eigen::Index)n * d;
+    Eigen::Map<const Eigen::ArrayXf>      G(g, total), U(u, total);
+    Eigen::Map<Eigen::ArrayXf>            Hm(h, total);
+    Hm = G / (1.0f + (-G).exp()) * U;
 }
 
 } // namespace moebius::cpu
