@@ -1,5 +1,7 @@
 #include "quantizer/methods/gptq.h"
 
+#include "engine/core/error.h"
+
 #include <Eigen/Cholesky>
 #include <Eigen/Core>
 #include <algorithm>
@@ -8,8 +10,6 @@
 #include <numeric>
 #include <omp.h>
 #include <string>
-
-#include "engine/core/error.h"
 
 namespace moebius::quant {
 
@@ -25,7 +25,8 @@ bool inverse_cholesky_upper(Mat& hd, Mat& U, int threads) {
     const int n = (int)hd.rows();
     std::reverse(hd.data(), hd.data() + hd.size());
     Eigen::LLT<Eigen::Ref<Mat>> llt(hd); // L in the lower triangle of hd
-    if (llt.info() != Eigen::Success) return false;
+    if (llt.info() != Eigen::Success)
+        return false;
     U.setZero(n, n);
     // L⁻¹ column block by column block: columns [c0, c1) only need the trailing block L[c0:, c0:].
     constexpr int bw = 64;
@@ -33,8 +34,7 @@ bool inverse_cholesky_upper(Mat& hd, Mat& U, int threads) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && n >= 256)
     for (int b = 0; b < nb; ++b) {
         const int c0 = b * bw, w = std::min(bw, n - c0), m = n - c0;
-        U.block(c0, c0, m, w) =
-            hd.block(c0, c0, m, m).triangularView<Eigen::Lower>().solve(Mat::Identity(m, w));
+        U.block(c0, c0, m, w) = hd.block(c0, c0, m, m).triangularView<Eigen::Lower>().solve(Mat::Identity(m, w));
     }
     std::reverse(U.data(), U.data() + U.size());
     std::reverse(hd.data(), hd.data() + hd.size());
@@ -46,16 +46,19 @@ bool inverse_cholesky_upper(Mat& hd, Mat& U, int threads) {
 UniformQuantized gptq_quantize(const float* W, int out, int in, const std::vector<double>& H, const GptqOptions& o,
                                GptqReport* report) {
     const int gs = check_uniform_config(o.grid, in);
-    if (out <= 0) throw InputError("gptq: the weight has no rows");
+    if (out <= 0)
+        throw InputError("gptq: the weight has no rows");
     if ((int64_t)H.size() != (int64_t)in * in)
         throw InputError("gptq: H has " + std::to_string(H.size()) + " entries, expected " + std::to_string(in) + "²");
-    if (o.block <= 0) throw InputError("gptq: block size must be positive, got " + std::to_string(o.block));
+    if (o.block <= 0)
+        throw InputError("gptq: block size must be positive, got " + std::to_string(o.block));
     if (!(o.damp >= 0 && std::isfinite(o.damp)))
         throw InputError("gptq: damping must be a non-negative number, got " + std::to_string(o.damp));
     if (o.act_order && !o.static_groups)
         throw InputError("gptq: act_order requires static_groups (groups are defined on the original column order)");
     for (double h : H)
-        if (!std::isfinite(h)) throw InputError("gptq: H contains a non-finite value");
+        if (!std::isfinite(h))
+            throw InputError("gptq: H contains a non-finite value");
 
     const int  n       = in;
     const int  ng      = n / gs;
@@ -66,7 +69,8 @@ UniformQuantized gptq_quantize(const float* W, int out, int in, const std::vecto
     // Dead columns never saw a non-zero input: any value is free, so H_jj = 1 keeps H invertible and W_j = 0.
     std::vector<char> dead(n);
     int               n_dead = 0;
-    for (int j = 0; j < n; ++j) n_dead += dead[j] = H[(size_t)j * n + j] == 0;
+    for (int j = 0; j < n; ++j)
+        n_dead += dead[j] = H[(size_t)j * n + j] == 0;
 
     // Column order: descending diag(H) with act_order (stable, so ties keep the original order).
     std::vector<int> perm(n);
@@ -79,15 +83,19 @@ UniformQuantized gptq_quantize(const float* W, int out, int in, const std::vecto
 
     Mat    hd(n, n), U; // (n, n) permuted, damped H; then Ũ (see inverse_cholesky_upper)
     double mean_diag = 0;
-    for (int j = 0; j < n; ++j) mean_diag += dead[j] ? 1.0 : H[(size_t)j * n + j];
+    for (int j = 0; j < n; ++j)
+        mean_diag += dead[j] ? 1.0 : H[(size_t)j * n + j];
     mean_diag /= n;
     double damp = o.damp, lambda = 0;
     for (int attempt = 0;; ++attempt) {
         lambda = damp * mean_diag;
+        for (int j = 0; j < n; ++j) // H is symmetric: column j of hd is row perm[j] of H, read contiguously
+            for (int i = 0; i < n; ++i)
+                hd(i, j) = H[(size_t)perm[j] * n + perm[i]];
         for (int j = 0; j < n; ++j)
-            for (int i = 0; i < n; ++i) hd(i, j) = H[(size_t)perm[i] * n + perm[j]];
-        for (int j = 0; j < n; ++j) hd(j, j) = (dead[perm[j]] ? 1.0 : hd(j, j)) + lambda;
-        if (inverse_cholesky_upper(hd, U, threads)) break;
+            hd(j, j) = (dead[perm[j]] ? 1.0 : hd(j, j)) + lambda;
+        if (inverse_cholesky_upper(hd, U, threads))
+            break;
         if (attempt == 3)
             throw Error("gptq: H + λI is not positive definite even with damping " + std::to_string(damp) +
                         " (H is indefinite or has non-finite statistics)");
@@ -102,8 +110,8 @@ UniformQuantized gptq_quantize(const float* W, int out, int in, const std::vecto
 
     // Rows are independent given U: each thread runs the whole column sweep on its own range of rows, so the
     // lazy batch updates are GEMMs of (rows, block) × (block, n − i2).
-    const int          chunks = std::max(1, std::min(threads, out / 32));
-    const int          B      = std::min(o.block, n);
+    const int          chunks  = std::max(1, std::min(threads, out / 32));
+    const int          B       = std::min(o.block, n);
     double             err_sum = 0, ref_sum = 0;
     std::exception_ptr failure;
 #pragma omp parallel for schedule(static) num_threads(threads) if (chunks > 1) reduction(+ : err_sum, ref_sum)
@@ -122,21 +130,25 @@ UniformQuantized gptq_quantize(const float* W, int out, int in, const std::vecto
                 return {q.scales[k], q.zeros[k]};
             };
             auto set_grid = [&](int r, int g, GridParams p) {
-                size_t k      = (size_t)(r0 + r) * ng + g;
+                size_t k    = (size_t)(r0 + r) * ng + g;
                 q.scales[k] = p.scale;
                 q.zeros[k]  = p.zero;
             };
             if (fixed) {
                 // Groups on the original column order and the original (dead-zeroed) W.
-                Mat orig(rows, gs); // (rows, group)
+                Mat              orig(rows, gs); // (rows, group)
                 std::vector<int> inv(n);
-                for (int j = 0; j < n; ++j) inv[perm[j]] = j;
+                for (int j = 0; j < n; ++j)
+                    inv[perm[j]] = j;
                 for (int g = 0; g < ng; ++g) {
-                    for (int k = 0; k < gs; ++k) orig.col(k) = w.col(inv[g * gs + k]);
-                    for (int r = 0; r < rows; ++r) set_grid(r, g, fit_grid(orig.data() + r, gs, rows, o.grid));
+                    for (int k = 0; k < gs; ++k)
+                        orig.col(k) = w.col(inv[g * gs + k]);
+                    for (int r = 0; r < rows; ++r)
+                        set_grid(r, g, fit_grid(orig.data() + r, gs, rows, o.grid));
                 }
             }
-            if (report) ref_sum += (w * hd.triangularView<Eigen::Upper>()).squaredNorm() - lambda * w.squaredNorm();
+            if (report)
+                ref_sum += (w * hd.triangularView<Eigen::Upper>()).squaredNorm() - lambda * w.squaredNorm();
 
             Mat err(rows, B); // (rows, block) scaled errors of the current block
             Mat grp;          // (rows, group) up-to-date values of a group being fitted
@@ -150,31 +162,35 @@ UniformQuantized gptq_quantize(const float* W, int out, int in, const std::vecto
                         if (i + gs > i2 && i > i1)
                             grp.rightCols(i + gs - i2).noalias() -=
                                 err.leftCols(i - i1) * U.block(i1, i2, i - i1, i + gs - i2);
-                        for (int r = 0; r < rows; ++r) set_grid(r, i / gs, fit_grid(grp.data() + r, gs, rows, o.grid));
+                        for (int r = 0; r < rows; ++r)
+                            set_grid(r, i / gs, fit_grid(grp.data() + r, gs, rows, o.grid));
                     }
                     const int    g   = perm[i] / gs;
                     const double d   = U(i, i);
                     double*      col = w.col(i).data();
                     double*      e   = err.col(i - i1).data();
                     for (int r = 0; r < rows; ++r) {
-                        GridParams p    = grid_at(r, g);
-                        int        code = quantize_code(col[r], p, o.grid.bits);
+                        GridParams p                             = grid_at(r, g);
+                        int        code                          = quantize_code(col[r], p, o.grid.bits);
                         q.codes[(size_t)(r0 + r) * in + perm[i]] = (uint8_t)code;
-                        e[r] = (col[r] - (double)dequantize_code(code, p)) / d;
+                        e[r]                                     = (col[r] - (double)dequantize_code(code, p)) / d;
                         err_sum += e[r] * e[r];
                     }
                     if (i + 1 < i2)
                         w.middleCols(i + 1, i2 - i - 1).noalias() -=
                             err.col(i - i1) * U.row(i).segment(i + 1, i2 - i - 1);
                 }
-                if (i2 < n) w.rightCols(n - i2).noalias() -= err.leftCols(nb) * U.block(i1, i2, nb, n - i2);
+                if (i2 < n)
+                    w.rightCols(n - i2).noalias() -= err.leftCols(nb) * U.block(i1, i2, nb, n - i2);
             }
         } catch (...) {
 #pragma omp critical(moebius_gptq_failure)
-            if (!failure) failure = std::current_exception();
+            if (!failure)
+                failure = std::current_exception();
         }
     }
-    if (failure) std::rethrow_exception(failure);
+    if (failure)
+        std::rethrow_exception(failure);
 
     if (report) {
         // Σ err² = Σ (w − q)ᵀ (H + λI) (w − q) exactly (the OBS telescoping sum); remove the damping term.

@@ -1,16 +1,16 @@
 #pragma once
 // GPTQ (methods.md §4.1) on a uniform n-bit grid. The same routine is AGQ (§3.2) when the caller passes the
 // affinity-weighted H_aff instead of H.
-#include <vector>
-
 #include "quantizer/methods/uniform_quant.h"
+
+#include <vector>
 
 namespace moebius::quant {
 
 struct GptqOptions {
     UniformConfig grid;
-    double        damp          = 0.01; // λ = damp · mean(diag H)
-    int           block         = 128;  // columns per lazy batch update
+    double        damp          = 0.01;  // λ = damp · mean(diag H)
+    int           block         = 128;   // columns per lazy batch update
     bool          act_order     = false; // quantize columns by descending diag(H)
     bool          static_groups = true;  // fit every group on the original W (required with act_order)
 };

@@ -1,20 +1,22 @@
 #include "quantizer/methods/uniform_quant.h"
 
+#include "engine/core/dtype.h"
+#include "engine/core/error.h"
+#include "engine/cpu/nbit_linear.h"
+
 #include <algorithm>
 #include <cmath>
 #include <exception>
 #include <limits>
 #include <string>
 
-#include "engine/core/dtype.h"
-#include "engine/core/error.h"
-#include "engine/cpu/nbit_linear.h"
-
 namespace moebius::quant {
 
 namespace {
 
-float round_to_f16(double v) { return f16_to_f32(f32_to_f16((float)v)); }
+float round_to_f16(double v) {
+    return f16_to_f32(f32_to_f16((float)v));
+}
 
 // Grid covering [lo, hi] (lo ≤ 0 ≤ hi). The scale is rounded to f16 first so the zero and the codes are computed
 // against the scale a checkpoint reader sees.
@@ -32,8 +34,10 @@ GridParams grid_from_range(double lo, double hi, const UniformConfig& c) {
     if (std::isinf(p.scale))
         throw InputError("uniform quantization: a group's range (" + std::to_string(hi - lo) +
                          ") gives a scale beyond the f16 range");
-    if (p.scale == 0) return p; // all-zero group (or below f16's smallest subnormal): every value dequantizes to 0
-    if (!c.sym) p.zero = (float)std::clamp(std::nearbyint(-lo / (double)p.scale), 0.0, (double)maxq);
+    if (p.scale == 0)
+        return p; // all-zero group (or below f16's smallest subnormal): every value dequantizes to 0
+    if (!c.sym)
+        p.zero = (float)std::clamp(std::nearbyint(-lo / (double)p.scale), 0.0, (double)maxq);
     return p;
 }
 
@@ -41,24 +45,27 @@ template <typename T> GridParams fit_impl(const T* w, int n, int64_t stride, con
     double lo = 0, hi = 0; // min ≤ 0 ≤ max forced, so 0 is always on the grid
     for (int i = 0; i < n; ++i) {
         double v = (double)w[(int64_t)i * stride];
-        if (!std::isfinite(v)) throw InputError("uniform quantization: the weight contains a non-finite value");
+        if (!std::isfinite(v))
+            throw InputError("uniform quantization: the weight contains a non-finite value");
         lo = std::min(lo, v);
         hi = std::max(hi, v);
     }
-    if (!c.mse_clip) return grid_from_range(lo, hi, c);
+    if (!c.mse_clip)
+        return grid_from_range(lo, hi, c);
     // Shrink search as GPTQ's --w_clip: p = 1, 0.99, ..., 0.21; error Σ|ŵ − w|^2.4; the first best is kept.
-    constexpr int    grid = 100;
+    constexpr int    grid      = 100;
     constexpr double maxshrink = 0.8, norm = 2.4;
     GridParams       best_p;
     double           best = std::numeric_limits<double>::infinity();
     for (int i = 0; i < (int)(maxshrink * grid); ++i) {
-        double     f = 1.0 - (double)i / grid;
-        GridParams p = grid_from_range(f * lo, f * hi, c);
+        double     f   = 1.0 - (double)i / grid;
+        GridParams p   = grid_from_range(f * lo, f * hi, c);
         double     err = 0;
         for (int j = 0; j < n; ++j) {
             double v = (double)w[(int64_t)j * stride];
             double d = std::abs((double)dequantize_code(quantize_code(v, p, c.bits), p) - v);
-            if (d > 0) err += std::pow(d, norm);
+            if (d > 0)
+                err += std::pow(d, norm);
         }
         if (err < best) {
             best   = err;
@@ -73,8 +80,10 @@ template <typename T> GridParams fit_impl(const T* w, int n, int64_t stride, con
 int check_uniform_config(const UniformConfig& c, int in) {
     if (c.bits < 2 || c.bits > 8)
         throw InputError("uniform quantization: bits must be in 2..8, got " + std::to_string(c.bits));
-    if (in <= 0) throw InputError("uniform quantization: the weight has no input columns");
-    if (c.group == -1) return in;
+    if (in <= 0)
+        throw InputError("uniform quantization: the weight has no input columns");
+    if (c.group == -1)
+        return in;
     if (c.group <= 0 || in % c.group != 0)
         throw InputError("uniform quantization: group size " + std::to_string(c.group) +
                          " must be -1 (per output channel) or a positive divisor of the input dimension " +
@@ -90,7 +99,8 @@ GridParams fit_grid(const double* w, int n, int64_t stride, const UniformConfig&
 }
 
 int quantize_code(double w, const GridParams& p, int bits) {
-    if (p.scale == 0) return (int)p.zero;
+    if (p.scale == 0)
+        return (int)p.zero;
     double q = std::nearbyint(w / (double)p.scale) + (double)p.zero; // default rounding mode: half to even
     return (int)std::clamp(q, 0.0, (double)((1 << bits) - 1));
 }
@@ -120,8 +130,8 @@ UniformQuantized rtn_quantize(const float* W, int out, int in, const UniformConf
     for (int o = 0; o < out; ++o) {
         try {
             for (int g = 0; g < ng; ++g) {
-                const float* w = W + (int64_t)o * in + (int64_t)g * q.group;
-                GridParams   p = fit_grid(w, q.group, 1, c);
+                const float* w               = W + (int64_t)o * in + (int64_t)g * q.group;
+                GridParams   p               = fit_grid(w, q.group, 1, c);
                 q.scales[(size_t)o * ng + g] = p.scale;
                 q.zeros[(size_t)o * ng + g]  = p.zero;
                 for (int j = 0; j < q.group; ++j)
@@ -129,10 +139,12 @@ UniformQuantized rtn_quantize(const float* W, int out, int in, const UniformConf
             }
         } catch (...) {
 #pragma omp critical(moebius_rtn_failure)
-            if (!failure) failure = std::current_exception();
+            if (!failure)
+                failure = std::current_exception();
         }
     }
-    if (failure) std::rethrow_exception(failure);
+    if (failure)
+        std::rethrow_exception(failure);
     return q;
 }
 

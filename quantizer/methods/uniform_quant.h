@@ -45,8 +45,10 @@ GridParams fit_grid(const float* w, int n, int64_t stride, const UniformConfig& 
 GridParams fit_grid(const double* w, int n, int64_t stride, const UniformConfig& c);
 
 // Code of one value on a grid: clamp(round_half_even(w/scale) + zero, 0, 2^bits−1) (torch.round rounds half to even).
-int quantize_code(double w, const GridParams& p, int bits);
-inline float dequantize_code(int code, const GridParams& p) { return p.scale * (float)(code - (int)p.zero); }
+int          quantize_code(double w, const GridParams& p, int bits);
+inline float dequantize_code(int code, const GridParams& p) {
+    return p.scale * (float)(code - (int)p.zero);
+}
 
 // Round-to-nearest quantization of W (out, in).
 UniformQuantized rtn_quantize(const float* W, int out, int in, const UniformConfig& c);
