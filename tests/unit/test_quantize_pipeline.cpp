@@ -1,0 +1,166 @@
+// The quantization pipeline end to end on the bundled model: packed checkpoints, their reload, the dequantized
+// export, honest size accounting, sparse calibration and bad input.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+
+#include "engine/core/error.h"
+#include "engine/core/tokenizer.h"
+#include "engine/core/weight_store.h"
+#include "engine/cpu/model.h"
+#include "engine/cpu/nbit_linear.h"
+#include "quantizer/format/checkpoint_writer.h"
+#include "quantizer/pipeline.h"
+#include "test_util.h"
+
+using namespace moebius;
+using namespace moebius::quant;
+
+namespace {
+
+std::vector<float> logits_of(const Model& m, const std::vector<int32_t>& ids) {
+    KVCache            c = m.new_cache((int)ids.size());
+    std::vector<float> out(ids.size() * m.spec().n_vocab);
+    m.forward(ids.data(), (int)ids.size(), c, out.data(), true);
+    return out;
+}
+
+double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+        num += (double)(a[i] - b[i]) * (a[i] - b[i]);
+        den += (double)b[i] * b[i];
+    }
+    return std::sqrt(num / den);
+}
+
+const std::vector<int32_t> k_ids{71, 276, 281, 277, 32, 56, 10, 296, 388, 1398, 1496, 646, 111, 390, 44, 267};
+
+CalibrationSet tiny_calibration(int n, int seqlen) {
+    auto ids = Tokenizer::from_file(test::bundled_model() / "tokenizer.json")
+                   .encode(test::read_text(test::resources_dir() / "corpus" / "train.txt").substr(0, 200000));
+    return random_windows(ids, n, seqlen, 7, "train.txt");
+}
+
+} // namespace
+
+TEST(QuantizePipeline, RtnCheckpointReloadsAndMatchesDequantizedExport) {
+    auto            m = Model::load(test::bundled_model());
+    QuantizeOptions opt;
+    opt.method = "rtn";
+    opt.bits   = 4;
+    auto rep   = quantize_model(*m, CalibrationSet{}, opt);
+    // Every linear except the router and the shared-expert gate is packed.
+    const auto& s = m->spec();
+    EXPECT_EQ(rep.modules.size(), (size_t)s.n_layer * (4 + 3 * s.n_expert + 3));
+    EXPECT_NE(dynamic_cast<NbitLinear*>(m->layer(2).experts[5][2].get()), nullptr);
+    EXPECT_NE(dynamic_cast<DenseLinear*>(m->layer(2).router.get()), nullptr);
+
+    auto dir = test::scratch_dir("qpipe");
+    WriteOptions wo;
+    wo.quantization = {{"method", "rtn"}, {"bits", 4}};
+    WriteReport wr = write_checkpoint(*m, test::bundled_model(), dir / "q", wo);
+    // Storage-exact accounting: codes + f16 scales + u8 zeros; the file is that plus untouched tensors and a header.
+    EXPECT_NEAR(8.0 * wr.quantized_bytes / wr.quantized_weights, 4.0 + 24.0 / 128, 1e-9);
+    auto fsize = (int64_t)std::filesystem::file_size(dir / "q" / "model.safetensors");
+    EXPECT_GE(fsize, wr.bytes_total);
+    EXPECT_LT(fsize, wr.bytes_total + 200000); // header (names, shapes) only
+
+    auto q = Model::load(dir / "q");
+    EXPECT_FALSE(q->spec().quantization.is_null());
+    auto lq = logits_of(*q, k_ids), lm = logits_of(*m, k_ids);
+    EXPECT_LT(rel_diff(lq, lm), 1e-6); // reload is exact
+
+    WriteOptions de;
+    de.dequantized = true;
+    de.dtype       = DType::F32;
+    write_checkpoint(*q, dir / "q", dir / "deq", de);
+    auto d = Model::load(dir / "deq");
+    EXPECT_TRUE(d->spec().quantization.is_null());
+    EXPECT_NE(dynamic_cast<DenseLinear*>(d->layer(0).experts[0][0].get()), nullptr);
+    EXPECT_LT(rel_diff(logits_of(*d, k_ids), lq), 1e-4); // packed kernels agree with the dequantized weights
+    // And quantization changed the model (the test can fail).
+    auto fp = Model::load(test::bundled_model());
+    EXPECT_GT(rel_diff(logits_of(*fp, k_ids), lq), 1e-3);
+}
+
+TEST(QuantizePipeline, SparseCalibrationQuantizesEveryExpertAndNamesTheStarved) {
+    auto            m = Model::load(test::bundled_model());
+    QuantizeOptions opt;
+    opt.method = "gptq";
+    opt.bits   = 3;
+    auto rep   = quantize_model(*m, tiny_calibration(2, 32), opt);
+    const auto& s = m->spec();
+    for (int il = 0; il < s.n_layer; ++il)
+        for (int e = 0; e < s.n_expert; ++e)
+            for (int p = 0; p < 3; ++p)
+                EXPECT_NE(dynamic_cast<NbitLinear*>(m->layer(il).experts[e][p].get()), nullptr) << il << "/" << e;
+    // 64 tokens x top-4 over 16 experts: several experts get fewer than 16 tokens.
+    ASSERT_FALSE(rep.undercalibrated.empty());
+    for (const auto& u : rep.undercalibrated) EXPECT_LT(u.tokens, opt.min_expert_tokens);
+    auto l = logits_of(*m, k_ids);
+    for (float v : l) ASSERT_TRUE(std::isfinite(v));
+}
+
+TEST(QuantizePipeline, GptqBeatsRtnOnCalibrationObjective) {
+    auto            a = Model::load(test::bundled_model()), b = Model::load(test::bundled_model());
+    QuantizeOptions opt;
+    opt.bits       = 3;
+    auto calib     = tiny_calibration(8, 64);
+    opt.method     = "gptq";
+    auto gr        = quantize_model(*a, calib, opt);
+    double mean_gptq = 0;
+    for (auto& mr : gr.modules) mean_gptq += mr.rel_error / gr.modules.size();
+    EXPECT_GT(mean_gptq, 0);
+    EXPECT_LT(mean_gptq, 0.2);
+    // Held-out next-token loss on text not in the calibration set: GPTQ closer to FP than RTN.
+    opt.method = "rtn";
+    quantize_model(*b, calib, opt);
+    auto fp   = Model::load(test::bundled_model());
+    auto text = Tokenizer::from_file(test::bundled_model() / "tokenizer.json")
+                    .encode(test::read_text(test::resources_dir() / "corpus" / "test.txt").substr(0, 20000));
+    text.resize(256);
+    auto lf = logits_of(*fp, text);
+    EXPECT_LT(rel_diff(logits_of(*a, text), lf), rel_diff(logits_of(*b, text), lf));
+}
+
+TEST(QuantizePipeline, BadOptionsAreRejected) {
+    auto spec = ModelSpec::load(test::bundled_model());
+    QuantizeOptions o;
+    o.method = "awq";
+    EXPECT_THROW(validate_options(o, spec), InputError);
+    o.method = "gptq";
+    o.bits   = 9;
+    EXPECT_THROW(validate_options(o, spec), InputError);
+    o.bits  = 4;
+    o.group = 96; // does not divide 256
+    EXPECT_THROW(validate_options(o, spec), InputError);
+    o.group = 64;
+    EXPECT_NO_THROW(validate_options(o, spec));
+}
+
+TEST(QuantizePipeline, CancelAndWriteFailureLeaveNoCheckpoint) {
+    auto            dir = test::scratch_dir("qcancel");
+    auto            m   = Model::load(test::bundled_model());
+    QuantizeOptions opt;
+    opt.method = "rtn";
+    int calls  = 0;
+    EXPECT_THROW(quantize_model(*m, CalibrationSet{}, opt, [&](const Progress&) { return ++calls < 3; }), Cancelled);
+    quantize_model(*m, CalibrationSet{}, opt);
+    // Cancel while writing: no output directory, no temp left.
+    EXPECT_THROW(write_checkpoint(*m, test::bundled_model(), dir / "out", WriteOptions{},
+                                  [&](const Progress& p) { return p.fraction < 0.3; }),
+                 Cancelled);
+    EXPECT_FALSE(std::filesystem::exists(dir / "out"));
+    EXPECT_TRUE(std::filesystem::is_empty(dir));
+    // Existing output without force.
+    std::filesystem::create_directories(dir / "taken");
+    std::ofstream(dir / "taken" / "x") << "keep";
+    EXPECT_THROW(write_checkpoint(*m, test::bundled_model(), dir / "taken", WriteOptions{}), InputError);
+    EXPECT_EQ(test::read_text(dir / "taken" / "x"), "keep");
+    // Unwritable target (its parent is a regular file; works for root too): an error and nothing that loads.
+    std::ofstream(dir / "file") << "not a directory";
+    EXPECT_ANY_THROW(write_checkpoint(*m, test::bundled_model(), dir / "file" / "out", WriteOptions{}));
+    EXPECT_EQ(test::read_text(dir / "file"), "not a directory");
+}
