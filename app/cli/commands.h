@@ -12,6 +12,7 @@ int cmd_tokenize(const Argv& argv);
 int cmd_forward(const Argv& argv);
 int cmd_generate(const Argv& argv);
 int cmd_ppl(const Argv& argv);
+int cmd_tasks(const Argv& argv);
 int cmd_calibrate(const Argv& argv);
 int cmd_routing_diff(const Argv& argv);
 int cmd_importance(const Argv& argv);

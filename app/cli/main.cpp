@@ -23,6 +23,8 @@ const Command k_commands[] = {
      "generate [MODEL] --prompt STR [--chat] [--system STR] [--max-tokens N] [--temperature T] [--top-k K]\n"
      "           [--top-p P] [--min-p P] [--repetition-penalty R] [--seed S] [--json]   stream a completion"},
     {"ppl", moebius::cli::cmd_ppl, "ppl [MODEL] [--text FILE] [--seqlen N] [--json]     perplexity"},
+    {"tasks", moebius::cli::cmd_tasks,
+     "tasks [MODEL] [--tasks FILE.jsonl] [--limit N] [--json]   zero-shot multiple-choice accuracy (acc, acc_norm)"},
     {"calibrate", moebius::cli::cmd_calibrate,
      "calibrate [MODEL] (--text FILE | --ebss | --calib SET.jsonl) [--samples N] [--seqlen L] [--seed S]\n"
      "           --out DIR [--force] [--json]   calibration set, expert utilisation, input statistics"},

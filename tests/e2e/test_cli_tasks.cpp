@@ -1,0 +1,63 @@
+// End-to-end tests of `moebius tasks`: JSON output on the bundled cloze task and clean failure on a bad task file.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sys/wait.h>
+
+#include "test_util.h"
+
+using json = nlohmann::json;
+
+namespace {
+
+struct TasksCliRun {
+    int         code;
+    std::string out, err;
+};
+
+// Runs the CLI with a shell-quoted argument string; stdout and stderr captured separately.
+TasksCliRun run_tasks_cli(const std::string& args) {
+    auto        dir     = moebius::test::scratch_dir("cli-tasks");
+    auto        errfile = dir / "stderr.txt";
+    std::string cmd     = std::string("'") + MOEBIUS_CLI_PATH + "' " + args + " 2>'" + errfile.string() + "'";
+    FILE*       p       = popen(cmd.c_str(), "r");
+    TasksCliRun             r;
+    std::array<char, 65536> buf;
+    size_t                  got;
+    while ((got = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), got);
+    int status = pclose(p);
+    r.code     = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    r.err      = moebius::test::read_text(errfile);
+    return r;
+}
+
+} // namespace
+
+TEST(CliTasks, JsonOnBundledClozeTask) {
+    TasksCliRun r = run_tasks_cli("tasks --limit 50 --json --threads 1");
+    ASSERT_EQ(r.code, 0) << r.err;
+    json j = json::parse(r.out); // exactly one object: parse rejects trailing content
+    EXPECT_EQ(j["n"], 50);
+    EXPECT_GE(j["acc"].get<double>(), 0.0);
+    EXPECT_LE(j["acc"].get<double>(), 1.0);
+    EXPECT_GE(j["acc_norm"].get<double>(), 0.0);
+    EXPECT_LE(j["acc_norm"].get<double>(), 1.0);
+    EXPECT_NE(j["tasks"].get<std::string>().find("kjv-cloze-test.jsonl"), std::string::npos);
+    EXPECT_GT(j["seconds"].get<double>(), 0.0);
+}
+
+TEST(CliTasks, MalformedTaskFileFailsWithOneLine) {
+    auto bad = moebius::test::scratch_dir("cli-tasks-bad") / "bad.jsonl";
+    std::ofstream(bad) << "{\"context\": \"a\", \"choices\": [\" b\"], \"gold\": 0}\n"
+                       << "{\"context\": \"a\", \"gold\": 0}\n";
+    TasksCliRun r = run_tasks_cli("tasks --json --tasks '" + bad.string() + "'");
+    EXPECT_NE(r.code, 0);
+    EXPECT_LT(r.code, 128) << "crashed: " << r.err;
+    EXPECT_TRUE(r.out.empty()) << r.out;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_NE(r.err.find(bad.string() + ": line 2"), std::string::npos) << r.err;
+}
