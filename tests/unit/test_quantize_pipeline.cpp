@@ -10,6 +10,7 @@
 #include "engine/core/weight_store.h"
 #include "engine/cpu/model.h"
 #include "engine/cpu/nbit_linear.h"
+#include "engine/eval/perplexity.h"
 #include "quantizer/format/checkpoint_writer.h"
 #include "quantizer/pipeline.h"
 #include "test_util.h"
@@ -103,26 +104,32 @@ TEST(QuantizePipeline, SparseCalibrationQuantizesEveryExpertAndNamesTheStarved) 
     for (float v : l) ASSERT_TRUE(std::isfinite(v));
 }
 
-TEST(QuantizePipeline, GptqBeatsRtnOnCalibrationObjective) {
+TEST(QuantizePipeline, GptqBeatsRtnOnHeldOutText) {
+    // 3-bit, 32 x 128 calibration tokens from the train chapters (with 8 x 64 tokens an expert sees ~128 tokens for a
+    // 256-dim input and GPTQ's compensation overfits: it then loses to RTN on held-out text, measured).
     auto            a = Model::load(test::bundled_model()), b = Model::load(test::bundled_model());
     QuantizeOptions opt;
-    opt.bits       = 3;
-    auto calib     = tiny_calibration(8, 64);
-    opt.method     = "gptq";
-    auto gr        = quantize_model(*a, calib, opt);
+    opt.bits         = 3;
+    opt.method       = "gptq";
+    auto   gr        = quantize_model(*a, tiny_calibration(32, 128), opt);
     double mean_gptq = 0;
     for (auto& mr : gr.modules) mean_gptq += mr.rel_error / gr.modules.size();
     EXPECT_GT(mean_gptq, 0);
     EXPECT_LT(mean_gptq, 0.2);
-    // Held-out next-token loss on text not in the calibration set: GPTQ closer to FP than RTN.
     opt.method = "rtn";
-    quantize_model(*b, calib, opt);
-    auto fp   = Model::load(test::bundled_model());
+    quantize_model(*b, CalibrationSet{}, opt);
+    // Held-out: the first 8 windows of the test chapters.
     auto text = Tokenizer::from_file(test::bundled_model() / "tokenizer.json")
-                    .encode(test::read_text(test::resources_dir() / "corpus" / "test.txt").substr(0, 20000));
-    text.resize(256);
-    auto lf = logits_of(*fp, text);
-    EXPECT_LT(rel_diff(logits_of(*a, text), lf), rel_diff(logits_of(*b, text), lf));
+                    .encode(test::read_text(test::resources_dir() / "corpus" / "test.txt"));
+    text.resize(8 * 256);
+    auto   fp   = Model::load(test::bundled_model());
+    double p_fp = perplexity(*fp, text, 256).ppl, p_gptq = perplexity(*a, text, 256).ppl,
+           p_rtn = perplexity(*b, text, 256).ppl;
+    RecordProperty("ppl_fp", std::to_string(p_fp));
+    RecordProperty("ppl_gptq3", std::to_string(p_gptq));
+    RecordProperty("ppl_rtn3", std::to_string(p_rtn));
+    EXPECT_LT(p_gptq, p_rtn) << "fp " << p_fp << " gptq " << p_gptq << " rtn " << p_rtn;
+    EXPECT_GT(p_rtn, p_fp);
 }
 
 TEST(QuantizePipeline, BadOptionsAreRejected) {
