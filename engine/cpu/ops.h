@@ -16,6 +16,8 @@ void rmsnorm(const float* x, int n, int d, const float* w, float eps, float* y);
 void rope(float* x, int n, int n_heads, int head_dim, int stride, const int32_t* pos, const float* inv_freq);
 // In-place softmax of a row of length d, numerically stable.
 void softmax(float* x, int d);
+// In-place x <- softmax(scale·x) for attention rows: vectorised exp, f32 sum; bitwise reproducible for a given d.
+void softmax_scaled(float* x, int d, float scale);
 // h (n, d) = silu(g) ⊙ u, g and u (n, d).
 void silu_mul(const float* g, const float* u, int n, int d, float* h);
 float sigmoid(float x);
