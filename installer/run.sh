@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./installer/install-deps.sh >/dev/null
-# ccache uses its default directory (~/.cache/ccache), so repeated CI runs on one machine reuse it.
+# ccache uses its default directory (~/.cache/ccache); paths are hashed relative to the checkout, so runs from
+# different clones on one machine share the cache.
+export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j "$(nproc)" --target moebius
 ./build/moebius info

@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./installer/install-deps.sh
 JOBS=${JOBS:-$(nproc)}
-# ccache uses its default directory (~/.cache/ccache), so repeated CI runs on one machine reuse it.
+# ccache uses its default directory (~/.cache/ccache); paths are hashed relative to the checkout, so runs from
+# different clones on one machine share the cache.
+export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
 
 echo "== Release build"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOEBIUS_BUILD_TESTS=ON >/dev/null
