@@ -203,6 +203,9 @@ int main(int argc, char** argv) {
         else usage(("unknown argument '" + a + "'").c_str());
     }
     if (out.empty()) usage("--out is required");
+    std::error_code ec;
+    if (!force && fs::exists(out, ec) && !fs::is_empty(out, ec))
+        usage((out.string() + " exists and is not empty (--force replaces it)").c_str());
 
     try {
         auto                   t0    = std::chrono::steady_clock::now();
