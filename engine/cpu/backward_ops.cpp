@@ -1,5 +1,7 @@
 #include "engine/cpu/backward_ops.h"
 
+#include "engine/cpu/ops.h"
+
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
@@ -18,15 +20,6 @@ using MapS    = Eigen::Map<RowMat, 0, Eigen::OuterStride<>>;
 // Column (or row) slab width of the GEMM chunks; fixed so the summation order never depends on the thread count.
 constexpr int k_slab = 64;
 
-inline float dot(const float* a, const float* b, int n) {
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int   i      = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int k = 0; k < 8; ++k) acc[k] += a[i + k] * b[i + k];
-    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for (; i < n; ++i) s += a[i] * b[i];
-    return s;
-}
 
 inline void axpy(float alpha, const float* x, float* y, int n) {
     for (int i = 0; i < n; ++i) y[i] += alpha * x[i];

@@ -11,16 +11,6 @@ using RowMat  = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowM
 using MapC    = Eigen::Map<const RowMat>;
 using MapM    = Eigen::Map<RowMat, 0, Eigen::OuterStride<>>;
 
-static inline float dot(const float* a, const float* b, int n) {
-    // Eight independent accumulators so the compiler vectorises and pipelines the FMAs.
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int   i      = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int k = 0; k < 8; ++k) acc[k] += a[i + k] * b[i + k];
-    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for (; i < n; ++i) s += a[i] * b[i];
-    return s;
-}
 
 void matmul_wt(const float* x, int n, int in, const float* w, int out, float* y) {
     const bool nested  = omp_in_parallel();

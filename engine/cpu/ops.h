@@ -4,6 +4,18 @@
 
 namespace moebius::cpu {
 
+// Dot product with eight independent accumulators (vectorised, pipelined FMAs); the summation order depends only on
+// n, so results are reproducible whatever the addresses.
+inline float dot(const float* a, const float* b, int n) {
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int   i      = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; ++k) acc[k] += a[i + k] * b[i + k];
+    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; i < n; ++i) s += a[i] * b[i];
+    return s;
+}
+
 // y (n, out) = x (n, in) · Wᵀ, W (out, in). Parallel over output rows; single-threaded inside an enclosing
 // OpenMP parallel region (nested parallelism off), which is how experts run concurrently.
 void matmul_wt(const float* x, int n, int in, const float* w, int out, float* y);

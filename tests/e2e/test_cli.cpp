@@ -8,32 +8,15 @@
 #include <nlohmann/json.hpp>
 #include <sys/wait.h>
 
+#include "e2e/cli_runner.h"
 #include "test_util.h"
 
 using json = nlohmann::json;
 
 namespace {
 
-struct CliRun {
-    int         code;
-    std::string out, err;
-};
-
-// Runs the CLI with a shell-quoted argument string; stdout and stderr captured separately.
-CliRun run_cli(const std::string& args) {
-    auto        dir     = moebius::test::scratch_dir("cli");
-    auto        errfile = dir / "stderr.txt";
-    std::string cmd     = std::string("'") + MOEBIUS_CLI_PATH + "' " + args + " 2>'" + errfile.string() + "'";
-    FILE*       p       = popen(cmd.c_str(), "r");
-    CliRun         r;
-    std::array<char, 65536> buf;
-    size_t                  got;
-    while ((got = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), got);
-    int status = pclose(p);
-    r.code     = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    r.err      = moebius::test::read_text(errfile);
-    return r;
-}
+using moebius::test::CliRun;
+using moebius::test::run_cli;
 
 std::string q(const std::string& s) { return "'" + s + "'"; }
 
