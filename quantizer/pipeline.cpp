@@ -98,17 +98,18 @@ struct LayerQuantizer {
 // An expert that saw few calibration tokens gets H_e + (deficit) · mean-per-token H of the whole layer input (for
 // gate/up, whose input distribution is the layer's FFN input) or a scaled identity (for down, whose input is expert
 // specific): the estimate shrinks toward a prior instead of being singular or noise-dominated.
-std::vector<double> regularised(const InputStats& s, const InputStats* prior, int min_tokens) {
-    std::vector<double> H = s.H;
-    const int           d = s.dim;
-    const double        deficit = std::max<int64_t>(0, min_tokens - s.n_tokens);
+// H_s (dim, dim) is the expert's own (plain or affinity-weighted) Hessian over n_tokens tokens.
+std::vector<double> regularised(const std::vector<double>& H_s, int d, int64_t n_tokens, const InputStats* prior,
+                                int min_tokens) {
+    std::vector<double> H       = H_s;
+    const double        deficit = std::max<int64_t>(0, min_tokens - n_tokens);
     if (deficit == 0) return H;
     if (prior && prior->n_tokens > 0) {
         for (size_t i = 0; i < H.size(); ++i) H[i] += deficit * prior->H[i] / prior->n_tokens;
     } else {
         double tr = 0;
-        for (int i = 0; i < d; ++i) tr += s.H[(size_t)i * d + i];
-        double diag = s.n_tokens > 0 ? tr / d / s.n_tokens : 1.0;
+        for (int i = 0; i < d; ++i) tr += H_s[(size_t)i * d + i];
+        double diag = n_tokens > 0 ? tr / d / n_tokens : 1.0;
         for (int i = 0; i < d; ++i) H[(size_t)i * d + i] += deficit * std::max(diag, 1e-8);
     }
     return H;
@@ -188,10 +189,7 @@ QuantizeReport quantize_model(Model& model, const CalibrationSet& calib, const Q
                 if (s.n_tokens < opt.min_expert_tokens) {
                     rep.undercalibrated.push_back({il, e, s.n_tokens});
                     // AGQ: the prior is the plain FFN input (weights unknown for tokens the expert never saw).
-                    InputStats prior = st.ffn_in;
-                    InputStats cur   = s;
-                    if (agq) cur.H = s.H_aff;
-                    Hreg[e] = regularised(cur, &prior, opt.min_expert_tokens);
+                    Hreg[e] = regularised(hessian(s), s.dim, s.n_tokens, &st.ffn_in, opt.min_expert_tokens);
                 }
             }
             for (int e = 0; e < spec.n_expert; ++e) {
@@ -216,11 +214,8 @@ QuantizeReport quantize_model(Model& model, const CalibrationSet& calib, const Q
             for (int e = 0; e < spec.n_expert; ++e) {
                 const InputStats& s = st.expert_mid[e];
                 std::vector<double> Hreg;
-                if (s.n_tokens < opt.min_expert_tokens) {
-                    InputStats cur = s;
-                    if (agq) cur.H = s.H_aff;
-                    Hreg = regularised(cur, nullptr, opt.min_expert_tokens);
-                }
+                if (s.n_tokens < opt.min_expert_tokens)
+                    Hreg = regularised(hessian(s), s.dim, s.n_tokens, nullptr, opt.min_expert_tokens);
                 lq.quantize(Ly.slot(LinearKind::ExpertDown, e), spec.linear_name(il, LinearKind::ExpertDown, e), il, e,
                             s.n_tokens, Hreg.empty() ? &hessian(s) : &Hreg);
             }

@@ -1,3 +1,4 @@
+#include "app/cli/calibration_args.h"
 #include "app/cli/cli_common.h"
 #include "app/cli/commands.h"
 #include "engine/core/atomic_file.h"

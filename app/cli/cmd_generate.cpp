@@ -22,7 +22,8 @@ int cmd_generate(const Argv& argv) {
 
     Tokenizer        tok  = Tokenizer::from_file(dir / "tokenizer.json");
     GenerationConfig gen  = GenerationConfig::load(dir);
-    auto             spec = ModelSpec::load(dir);
+    auto             model = Model::load(dir);
+    const auto&      spec  = model->spec();
 
     // Prompt text: the model's own chat template with --chat, the raw string otherwise.
     std::string          text = *prompt;
@@ -57,7 +58,6 @@ int cmd_generate(const Argv& argv) {
     s.repetition_penalty = (float)args.get_double("repetition-penalty", s.repetition_penalty, 0.01, 100);
     s.seed        = (uint64_t)args.get_int("seed", 0, 0, INT64_MAX);
 
-    auto model = Model::load(dir);
     const bool json = args.flag("json");
     StreamingDecoder dec(tok);
     std::string      out;

@@ -1,3 +1,4 @@
+#include "app/cli/calibration_args.h"
 #include "app/cli/cli_common.h"
 #include "app/cli/commands.h"
 #include "engine/core/error.h"
@@ -17,8 +18,6 @@
 namespace moebius::cli {
 
 using namespace moebius::quant;
-
-CalibrationSet calibration_from_args(const Args& args, const Model& model, const Tokenizer& tok, bool show);
 
 namespace {
 

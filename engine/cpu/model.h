@@ -29,7 +29,10 @@ struct LayerWeights {
     std::unique_ptr<Linear> dense_gate, dense_up, dense_down;        // dense FFN layers
 
     // The slot holding a linear of this kind (nullptr reference if the layer has none).
-    std::unique_ptr<Linear>& slot(LinearKind kind, int expert = -1);
+    std::unique_ptr<Linear>&       slot(LinearKind kind, int expert = -1);
+    const std::unique_ptr<Linear>& slot(LinearKind kind, int expert = -1) const {
+        return const_cast<LayerWeights*>(this)->slot(kind, expert);
+    }
 };
 
 // Keys and values of every layer for one sequence.

@@ -58,7 +58,7 @@ WriteReport write_checkpoint(const Model& model, const std::filesystem::path& sr
     // Every decoder linear of the model, by module name.
     std::vector<std::pair<std::string, const Linear*>> modules;
     for (int il = 0; il < spec.n_layer; ++il) {
-        auto& L = const_cast<Model&>(model).layer(il);
+        const auto& L = model.layer(il);
         for (int k = 0; k < (int)LinearKind::Count; ++k) {
             auto kind = (LinearKind)k;
             bool per_expert = kind == LinearKind::ExpertGate || kind == LinearKind::ExpertUp || kind == LinearKind::ExpertDown;
