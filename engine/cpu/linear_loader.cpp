@@ -35,6 +35,14 @@ template <class T> std::vector<T> copy_as(const TensorInfo& ti) {
 
 } // namespace
 
+std::vector<float> load_f32_checked(const WeightStore& store, const std::string& name, const std::vector<int64_t>& shape) {
+    const TensorInfo& ti = store.info(name);
+    if (ti.shape != shape)
+        throw FormatError(ti.file.string() + ": tensor '" + name + "' has shape " + shape_str(ti.shape) +
+                          ", but config.json implies " + shape_str(shape));
+    return store.to_f32(name);
+}
+
 std::unique_ptr<Linear> load_linear(const WeightStore& store, const ModelSpec& spec, const std::string& module, int out,
                                     int in) {
     const nlohmann::json* q = nullptr;
@@ -43,11 +51,7 @@ std::unique_ptr<Linear> load_linear(const WeightStore& store, const ModelSpec& s
         if (auto it = mods.find(module); it != mods.end()) q = &*it;
     }
     if (!q) {
-        const TensorInfo& ti = store.info(module + ".weight");
-        if (ti.shape != std::vector<int64_t>{out, in})
-            throw FormatError(ti.file.string() + ": tensor '" + module + ".weight' has shape " + shape_str(ti.shape) +
-                              ", but config.json implies " + shape_str({out, in}));
-        return std::make_unique<DenseLinear>(in, out, store.to_f32(module + ".weight"));
+        return std::make_unique<DenseLinear>(in, out, load_f32_checked(store, module + ".weight", {out, in}));
     }
     const std::string cfg = (spec.dir / "config.json").string();
     auto bad = [&](const std::string& m) { throw FormatError(cfg + ": quantization_config.modules['" + module + "']: " + m); };

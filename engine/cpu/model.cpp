@@ -40,25 +40,6 @@ std::unique_ptr<Linear>& LayerWeights::slot(LinearKind kind, int expert) {
     return q;
 }
 
-namespace {
-
-std::string shape_str(const std::vector<int64_t>& s) {
-    std::string r = "[";
-    for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-    return r + "]";
-}
-
-// Reads a tensor as f32 after checking its shape against what config.json implies.
-std::vector<float> load_tensor(const WeightStore& store, const std::string& name, std::vector<int64_t> expect) {
-    const TensorInfo& ti = store.info(name);
-    if (ti.shape != expect)
-        throw FormatError(ti.file.string() + ": tensor '" + name + "' has shape " + shape_str(ti.shape) +
-                          ", but config.json implies " + shape_str(expect));
-    return store.to_f32(name);
-}
-
-} // namespace
-
 std::unique_ptr<Model> Model::load(const std::filesystem::path& dir, const ProgressFn& progress) {
     ModelSpec   spec  = ModelSpec::load(dir);
     WeightStore store = WeightStore::open(dir);
@@ -94,11 +75,11 @@ std::unique_ptr<Model> Model::load(const ModelSpec& spec, const WeightStore& sto
         return load_linear(store, spec, spec.linear_name(il, kind, expert), out, in);
     };
     report_progress(progress, 0.0, "embeddings");
-    m->embed_      = load_tensor(store, spec.embed_name(), {spec.n_vocab, H});
-    m->final_norm_ = load_tensor(store, spec.final_norm_name(), {H});
+    m->embed_      = load_f32_checked(store, spec.embed_name(), {spec.n_vocab, H});
+    m->final_norm_ = load_f32_checked(store, spec.final_norm_name(), {H});
     m->lm_head_    = std::make_unique<DenseLinear>(
         (int)H, spec.n_vocab,
-        spec.tie_word_embeddings ? m->embed_ : load_tensor(store, spec.lm_head_name(), {spec.n_vocab, H}));
+        spec.tie_word_embeddings ? m->embed_ : load_f32_checked(store, spec.lm_head_name(), {spec.n_vocab, H}));
 
     m->layers_.resize(spec.n_layer);
     for (int il = 0; il < spec.n_layer; ++il) {
@@ -106,25 +87,25 @@ std::unique_ptr<Model> Model::load(const ModelSpec& spec, const WeightStore& sto
                         "loading layer " + std::to_string(il + 1) + "/" + std::to_string(spec.n_layer));
         LayerWeights&     L = m->layers_[il];
         const std::string p = spec.layer_prefix(il);
-        L.attn_norm         = load_tensor(store, p + "input_layernorm.weight", {H});
-        L.ffn_norm          = load_tensor(store, p + "post_attention_layernorm.weight", {H});
+        L.attn_norm         = load_f32_checked(store, p + "input_layernorm.weight", {H});
+        L.ffn_norm          = load_f32_checked(store, p + "post_attention_layernorm.weight", {H});
         L.q = linear(il, LinearKind::Q);
         L.k = linear(il, LinearKind::K);
         L.v = linear(il, LinearKind::V);
         L.o = linear(il, LinearKind::O);
         const int64_t qd = (int64_t)spec.n_head * spec.head_dim, kvd = (int64_t)spec.n_head_kv * spec.head_dim;
         if (spec.attn_qkv_bias) {
-            L.bq = load_tensor(store, p + "self_attn.q_proj.bias", {qd});
-            L.bk = load_tensor(store, p + "self_attn.k_proj.bias", {kvd});
-            L.bv = load_tensor(store, p + "self_attn.v_proj.bias", {kvd});
+            L.bq = load_f32_checked(store, p + "self_attn.q_proj.bias", {qd});
+            L.bk = load_f32_checked(store, p + "self_attn.k_proj.bias", {kvd});
+            L.bv = load_f32_checked(store, p + "self_attn.v_proj.bias", {kvd});
         }
-        if (spec.attn_o_bias) L.bo = load_tensor(store, p + "self_attn.o_proj.bias", {H});
+        if (spec.attn_o_bias) L.bo = load_f32_checked(store, p + "self_attn.o_proj.bias", {H});
         if (t.qk_norm == QkNorm::PerHead) {
-            L.q_norm = load_tensor(store, p + "self_attn.q_norm.weight", {spec.head_dim});
-            L.k_norm = load_tensor(store, p + "self_attn.k_norm.weight", {spec.head_dim});
+            L.q_norm = load_f32_checked(store, p + "self_attn.q_norm.weight", {spec.head_dim});
+            L.k_norm = load_f32_checked(store, p + "self_attn.k_norm.weight", {spec.head_dim});
         } else if (t.qk_norm == QkNorm::Full) {
-            L.q_norm = load_tensor(store, p + "self_attn.q_norm.weight", {qd});
-            L.k_norm = load_tensor(store, p + "self_attn.k_norm.weight", {kvd});
+            L.q_norm = load_f32_checked(store, p + "self_attn.q_norm.weight", {qd});
+            L.k_norm = load_f32_checked(store, p + "self_attn.k_norm.weight", {kvd});
         }
         L.is_moe = spec.layer_is_moe[il];
         if (L.is_moe) {
