@@ -131,6 +131,7 @@ QuantizeReport quantize_model(Model& model, const CalibrationSet& calib, const Q
     if (rtn) {
         for (int il = 0; il < L; ++il) {
             report_progress(progress, (double)il / L, "layer " + std::to_string(il + 1) + "/" + std::to_string(L));
+            model.load_layer(il);
             auto& Ly = model.layer(il);
             for (int k = 0; k < (int)LinearKind::Count; ++k) {
                 auto kind = (LinearKind)k;

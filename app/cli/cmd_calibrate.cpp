@@ -66,7 +66,10 @@ int cmd_calibrate(const Argv& argv) {
     auto       t0   = std::chrono::steady_clock::now();
     AtomicDir  outdir(*out, args.flag("force"));
     Tokenizer  tok   = Tokenizer::from_file(dir / "tokenizer.json");
-    auto       model = Model::load(dir);
+    // EBSS generates with the whole model; statistics from text need one layer resident at a time.
+    LoadOptions lo;
+    lo.lazy_layers = !args.flag("ebss");
+    auto       model = Model::load(dir, {}, lo);
     const auto& spec = model->spec();
     CalibrationSet set = calibration_from_args(args, *model, tok, show);
     for (const auto& s : set.samples)
@@ -74,7 +77,7 @@ int cmd_calibrate(const Argv& argv) {
             if (id < 0 || id >= spec.n_vocab) throw InputError("calibration set has token ids outside the vocabulary");
 
     // Layer-sequential pass: per-layer input statistics and expert usage.
-    LayerwiseRunner run(*model, set);
+    LayerwiseRunner run(*model, set, /*release_passed=*/true);
     ExpertUsage     usage(spec);
     Hooks           usage_hook;
     usage_hook.on_router = [&](const RouterEvent& ev) { usage.add(ev); };

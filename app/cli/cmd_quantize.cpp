@@ -66,7 +66,10 @@ int cmd_quantize(const Argv& argv) {
     if (std::filesystem::exists(*out) && !args.flag("force") && !std::filesystem::is_empty(*out))
         throw InputError(*out + " already exists (use --force to replace it)");
     Tokenizer tok   = Tokenizer::from_file(dir / "tokenizer.json");
-    auto      model = Model::load(dir);
+    // Layers are read as the pipeline reaches them (EBSS generates with the whole model first).
+    LoadOptions lo;
+    lo.lazy_layers  = !args.flag("ebss");
+    auto      model = Model::load(dir, {}, lo);
     CalibrationSet calib;
     if (opt.method != "rtn") calib = calibration_from_args(args, *model, tok, show);
 

@@ -228,6 +228,10 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const fs::path& file) {
     return f;
 }
 
+void SafetensorsFile::release_resident_pages() const {
+    if (map_) ::madvise(map_, size_, MADV_DONTNEED);
+}
+
 SafetensorsFile::~SafetensorsFile() {
     if (map_)
         ::munmap(map_, size_);

@@ -45,6 +45,9 @@ class SafetensorsFile {
     // nullptr if absent.
     const TensorInfo* find(const std::string& name) const;
     size_t            file_size() const { return size_; }
+    // Drops this process's resident pages of the mapping (they stay in the page cache; later reads fault them back).
+    // Lazily loaded models call it after converting a layer, so the mapping does not grow into a second copy.
+    void release_resident_pages() const;
 
   private:
     SafetensorsFile() = default;

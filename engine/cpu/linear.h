@@ -4,10 +4,22 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json.hpp>
+#include <span>
 #include <string>
 #include <vector>
 
+#include "engine/core/dtype.h"
+
 namespace moebius {
+
+// One tensor of a packed linear as stored in a checkpoint: `<module><suffix>` (docs/FORMAT.md).
+struct PackedTensor {
+    std::string              suffix; // ".qweight", ".scales", ...
+    DType                    dtype;
+    std::vector<int64_t>     shape;
+    std::span<const uint8_t> bytes;  // borrowed from the layer
+};
 
 class Linear {
 public:
@@ -21,7 +33,11 @@ public:
     virtual std::vector<float> dequantize() const = 0;
     // Bytes this layer occupies in its storage format (for bits-per-weight accounting).
     virtual size_t storage_bytes() const = 0;
-    virtual std::string format() const = 0; // "f32", "rtn4g128", ...
+    virtual std::string format() const = 0; // "f32", "nbit", "binary", ...
+    // Packed storage for checkpoints: the side tensors and the module's quantization_config entry ({"format": ...,
+    // parameters}). Dense layers have none (they are written as X.weight).
+    virtual std::vector<PackedTensor> packed_tensors() const { return {}; }
+    virtual nlohmann::ordered_json    packed_config() const { return nullptr; }
 
 protected:
     int in_, out_;

@@ -40,12 +40,6 @@ std::unique_ptr<Linear>& LayerWeights::slot(LinearKind kind, int expert) {
     return q;
 }
 
-std::unique_ptr<Model> Model::load(const std::filesystem::path& dir, const ProgressFn& progress) {
-    ModelSpec   spec  = ModelSpec::load(dir);
-    WeightStore store = WeightStore::open(dir);
-    return load(spec, store, progress);
-}
-
 namespace {
 
 // The forward allocates its activation buffers per call. glibc gives blocks above its mmap threshold (128 KiB,
@@ -65,88 +59,129 @@ void keep_freed_activations() {
 } // namespace
 
 std::unique_ptr<Model> Model::load(const ModelSpec& spec, const WeightStore& store, const ProgressFn& progress) {
+    auto m = load_globals(spec, store, progress);
+    for (int il = 0; il < spec.n_layer; ++il) {
+        report_progress(progress, (double)il / spec.n_layer,
+                        "loading layer " + std::to_string(il + 1) + "/" + std::to_string(spec.n_layer));
+        m->layers_[il] = load_layer_weights(spec, store, il);
+        m->loaded_[il] = 1;
+    }
+    report_progress(progress, 1.0, "loaded");
+    return m;
+}
+
+std::unique_ptr<Model> Model::load_globals(const ModelSpec& spec, const WeightStore& store, const ProgressFn& progress) {
     keep_freed_activations();
-    auto  m   = std::unique_ptr<Model>(new Model());
-    m->spec_  = spec;
-    const FamilyTraits& t = spec.traits();
+    auto m   = std::unique_ptr<Model>(new Model());
+    m->spec_ = spec;
     const int64_t H = spec.n_embd;
-    auto linear = [&](int il, LinearKind kind, int expert = -1) {
-        auto [out, in] = spec.linear_shape(kind);
-        return load_linear(store, spec, spec.linear_name(il, kind, expert), out, in);
-    };
     report_progress(progress, 0.0, "embeddings");
     m->embed_      = load_f32_checked(store, spec.embed_name(), {spec.n_vocab, H});
     m->final_norm_ = load_f32_checked(store, spec.final_norm_name(), {H});
     m->lm_head_    = std::make_unique<DenseLinear>(
         (int)H, spec.n_vocab,
         spec.tie_word_embeddings ? m->embed_ : load_f32_checked(store, spec.lm_head_name(), {spec.n_vocab, H}));
-
     m->layers_.resize(spec.n_layer);
-    for (int il = 0; il < spec.n_layer; ++il) {
-        report_progress(progress, (double)il / spec.n_layer,
-                        "loading layer " + std::to_string(il + 1) + "/" + std::to_string(spec.n_layer));
-        LayerWeights&     L = m->layers_[il];
-        const std::string p = spec.layer_prefix(il);
-        L.attn_norm         = load_f32_checked(store, p + "input_layernorm.weight", {H});
-        L.ffn_norm          = load_f32_checked(store, p + "post_attention_layernorm.weight", {H});
-        L.q = linear(il, LinearKind::Q);
-        L.k = linear(il, LinearKind::K);
-        L.v = linear(il, LinearKind::V);
-        L.o = linear(il, LinearKind::O);
-        const int64_t qd = (int64_t)spec.n_head * spec.head_dim, kvd = (int64_t)spec.n_head_kv * spec.head_dim;
-        if (spec.attn_qkv_bias) {
-            L.bq = load_f32_checked(store, p + "self_attn.q_proj.bias", {qd});
-            L.bk = load_f32_checked(store, p + "self_attn.k_proj.bias", {kvd});
-            L.bv = load_f32_checked(store, p + "self_attn.v_proj.bias", {kvd});
-        }
-        if (spec.attn_o_bias) L.bo = load_f32_checked(store, p + "self_attn.o_proj.bias", {H});
-        if (t.qk_norm == QkNorm::PerHead) {
-            L.q_norm = load_f32_checked(store, p + "self_attn.q_norm.weight", {spec.head_dim});
-            L.k_norm = load_f32_checked(store, p + "self_attn.k_norm.weight", {spec.head_dim});
-        } else if (t.qk_norm == QkNorm::Full) {
-            L.q_norm = load_f32_checked(store, p + "self_attn.q_norm.weight", {qd});
-            L.k_norm = load_f32_checked(store, p + "self_attn.k_norm.weight", {kvd});
-        }
-        L.is_moe = spec.layer_is_moe[il];
-        if (L.is_moe) {
-            L.router = linear(il, LinearKind::Router);
-            L.experts.resize(spec.n_expert);
-#pragma omp parallel for schedule(dynamic)
-            for (int e = 0; e < spec.n_expert; ++e) {
-                // Exceptions must not cross the OpenMP region: collect and rethrow below.
-                try {
-                    L.experts[e][0] = linear(il, LinearKind::ExpertGate, e);
-                    L.experts[e][1] = linear(il, LinearKind::ExpertUp, e);
-                    L.experts[e][2] = linear(il, LinearKind::ExpertDown, e);
-                } catch (...) {
-                }
-            }
-            for (int e = 0; e < spec.n_expert; ++e)
-                if (!L.experts[e][0] || !L.experts[e][1] || !L.experts[e][2]) {
-                    // Re-run serially to raise the precise error for the first failing expert.
-                    linear(il, LinearKind::ExpertGate, e);
-                    linear(il, LinearKind::ExpertUp, e);
-                    linear(il, LinearKind::ExpertDown, e);
-                }
-            if (spec.n_ff_shared > 0) {
-                L.shared_gate = linear(il, LinearKind::SharedGate);
-                L.shared_up   = linear(il, LinearKind::SharedUp);
-                L.shared_down = linear(il, LinearKind::SharedDown);
-                if (t.shared_gated) L.shared_expert_gate = linear(il, LinearKind::SharedExpertGate);
-            }
-        } else {
-            L.dense_gate = linear(il, LinearKind::DenseGate);
-            L.dense_up   = linear(il, LinearKind::DenseUp);
-            L.dense_down = linear(il, LinearKind::DenseDown);
-        }
-    }
+    m->loaded_.assign(spec.n_layer, 0);
     // inv_freq_i = 1 / θ^(2i/d), as transformers computes it (f32), with linear position scaling folded in.
     m->inv_freq_.resize(spec.head_dim / 2);
     for (int i = 0; i < spec.head_dim / 2; ++i)
         m->inv_freq_[i] =
             (float)(1.0 / std::pow((double)spec.rope_theta, (2.0 * i) / spec.head_dim)) / spec.rope_linear_factor;
-    report_progress(progress, 1.0, "loaded");
     return m;
+}
+
+LayerWeights Model::load_layer_weights(const ModelSpec& spec, const WeightStore& store, int il) {
+    const FamilyTraits& t = spec.traits();
+    const int64_t       H = spec.n_embd;
+    auto linear = [&](int il, LinearKind kind, int expert = -1) {
+        auto [out, in] = spec.linear_shape(kind);
+        return load_linear(store, spec, spec.linear_name(il, kind, expert), out, in);
+    };
+    LayerWeights L;
+    const std::string p = spec.layer_prefix(il);
+    L.attn_norm         = load_f32_checked(store, p + "input_layernorm.weight", {H});
+    L.ffn_norm          = load_f32_checked(store, p + "post_attention_layernorm.weight", {H});
+    L.q = linear(il, LinearKind::Q);
+    L.k = linear(il, LinearKind::K);
+    L.v = linear(il, LinearKind::V);
+    L.o = linear(il, LinearKind::O);
+    const int64_t qd = (int64_t)spec.n_head * spec.head_dim, kvd = (int64_t)spec.n_head_kv * spec.head_dim;
+    if (spec.attn_qkv_bias) {
+        L.bq = load_f32_checked(store, p + "self_attn.q_proj.bias", {qd});
+        L.bk = load_f32_checked(store, p + "self_attn.k_proj.bias", {kvd});
+        L.bv = load_f32_checked(store, p + "self_attn.v_proj.bias", {kvd});
+    }
+    if (spec.attn_o_bias) L.bo = load_f32_checked(store, p + "self_attn.o_proj.bias", {H});
+    if (t.qk_norm == QkNorm::PerHead) {
+        L.q_norm = load_f32_checked(store, p + "self_attn.q_norm.weight", {spec.head_dim});
+        L.k_norm = load_f32_checked(store, p + "self_attn.k_norm.weight", {spec.head_dim});
+    } else if (t.qk_norm == QkNorm::Full) {
+        L.q_norm = load_f32_checked(store, p + "self_attn.q_norm.weight", {qd});
+        L.k_norm = load_f32_checked(store, p + "self_attn.k_norm.weight", {kvd});
+    }
+    L.is_moe = spec.layer_is_moe[il];
+    if (L.is_moe) {
+        L.router = linear(il, LinearKind::Router);
+        L.experts.resize(spec.n_expert);
+#pragma omp parallel for schedule(dynamic)
+        for (int e = 0; e < spec.n_expert; ++e) {
+            // Exceptions must not cross the OpenMP region: collect and rethrow below.
+            try {
+                L.experts[e][0] = linear(il, LinearKind::ExpertGate, e);
+                L.experts[e][1] = linear(il, LinearKind::ExpertUp, e);
+                L.experts[e][2] = linear(il, LinearKind::ExpertDown, e);
+            } catch (...) {
+            }
+        }
+        for (int e = 0; e < spec.n_expert; ++e)
+            if (!L.experts[e][0] || !L.experts[e][1] || !L.experts[e][2]) {
+                // Re-run serially to raise the precise error for the first failing expert.
+                linear(il, LinearKind::ExpertGate, e);
+                linear(il, LinearKind::ExpertUp, e);
+                linear(il, LinearKind::ExpertDown, e);
+            }
+        if (spec.n_ff_shared > 0) {
+            L.shared_gate = linear(il, LinearKind::SharedGate);
+            L.shared_up   = linear(il, LinearKind::SharedUp);
+            L.shared_down = linear(il, LinearKind::SharedDown);
+            if (t.shared_gated) L.shared_expert_gate = linear(il, LinearKind::SharedExpertGate);
+        }
+    } else {
+        L.dense_gate = linear(il, LinearKind::DenseGate);
+        L.dense_up   = linear(il, LinearKind::DenseUp);
+        L.dense_down = linear(il, LinearKind::DenseDown);
+    }
+        return L;
+}
+
+std::unique_ptr<Model> Model::load(const std::filesystem::path& dir, const ProgressFn& progress, const LoadOptions& opt) {
+    ModelSpec spec  = ModelSpec::load(dir);
+    auto      store = std::make_unique<WeightStore>(WeightStore::open(dir));
+    if (!opt.lazy_layers) return load(spec, *store, progress);
+    auto m    = load_globals(spec, *store, progress);
+    for (const auto& f : store->files()) f->release_resident_pages();
+    m->store_ = std::move(store);
+    report_progress(progress, 1.0, "loaded (layers on demand)");
+    return m;
+}
+
+bool Model::layer_loaded(int il) const { return il >= 0 && il < spec_.n_layer && loaded_[il]; }
+
+void Model::load_layer(int il) {
+    MOEBIUS_ASSERT(il >= 0 && il < spec_.n_layer);
+    if (loaded_[il]) return;
+    if (!store_) throw Error("layer " + std::to_string(il) + " was released and the model has no checkpoint to reload it from");
+    layers_[il] = load_layer_weights(spec_, *store_, il);
+    loaded_[il] = 1;
+    for (const auto& f : store_->files()) f->release_resident_pages();
+}
+
+void Model::release_layer(int il) {
+    MOEBIUS_ASSERT(il >= 0 && il < spec_.n_layer);
+    if (!store_) return; // eagerly loaded models keep their (possibly replaced) weights
+    layers_[il] = LayerWeights{};
+    loaded_[il] = 0;
 }
 
 KVCache Model::new_cache(int n_ctx) const {
@@ -205,6 +240,7 @@ void Model::forward(const int32_t* tokens, int n, KVCache& cache, float* logits,
 }
 
 void Model::forward_layer(int il, float* x, int n, KVCache* cache, const Hooks* hooks) const {
+    if (!loaded_[il]) throw Error("layer " + std::to_string(il) + " is not loaded (lazily loaded model: load_layer first)");
     const LayerWeights& L  = layers_[il];
     const int           H  = spec_.n_embd;
     const int           n_past = cache ? cache->n_past : 0;

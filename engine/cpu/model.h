@@ -44,10 +44,17 @@ struct KVCache {
     void                            clear() { n_past = 0; }
 };
 
+struct LoadOptions {
+    // Read decoder layers only when asked (load_layer) and let layer-sequential drivers release them, so one layer's
+    // weights are resident at a time (the checkpoint stays mmapped). forward() needs every layer loaded.
+    bool lazy_layers = false;
+};
+
 class Model {
 public:
     // Loads a checkpoint directory; validates every tensor's shape against config.json. progress may cancel.
-    static std::unique_ptr<Model> load(const std::filesystem::path& dir, const ProgressFn& progress = {});
+    static std::unique_ptr<Model> load(const std::filesystem::path& dir, const ProgressFn& progress = {},
+                                       const LoadOptions& opt = {});
     // Builds from an open store (the quantizer uses this with replaced linears).
     static std::unique_ptr<Model> load(const ModelSpec& spec, const WeightStore& store, const ProgressFn& progress = {});
 
@@ -66,6 +73,12 @@ public:
     void forward_layer(int il, float* x, int n, KVCache* cache, const Hooks* hooks = nullptr) const;
     void output(const float* x, int n, float* logits) const; // final norm + lm_head, logits (n, n_vocab)
 
+    // Lazily loaded models: whether a layer's weights are resident, read one, free one (a released layer is read
+    // again from the checkpoint on the next load_layer). Eagerly loaded models have every layer and ignore release.
+    bool layer_loaded(int il) const;
+    void load_layer(int il);
+    void release_layer(int il);
+
     LayerWeights&       layer(int il) { return layers_[il]; }
     const LayerWeights& layer(int il) const { return layers_[il]; }
     // Read access for the backward pass (engine/cpu/backward.cpp).
@@ -75,6 +88,8 @@ public:
     int64_t             storage_bytes() const;
 
 private:
+    static std::unique_ptr<Model> load_globals(const ModelSpec& spec, const WeightStore& store, const ProgressFn& progress);
+    static LayerWeights           load_layer_weights(const ModelSpec& spec, const WeightStore& store, int il);
     void attention(int il, const float* hn, int n, KVCache* cache, int n_past, const Hooks* hooks, float* out) const;
     void moe_ffn(int il, const float* hn, int n, const int* positions, const Hooks* hooks, float* out) const;
     void dense_ffn(int il, const Linear& g, const Linear& u, const Linear& d, LinearKind kind0, const float* hn, int n,
@@ -86,6 +101,8 @@ private:
     std::unique_ptr<Linear>   lm_head_;    // (n_vocab, n_embd)
     std::vector<LayerWeights> layers_;
     std::vector<float>        inv_freq_;   // (head_dim/2)
+    std::vector<char>         loaded_;     // [n_layer]
+    std::shared_ptr<const WeightStore> store_; // lazily loaded models only
 };
 
 } // namespace moebius

@@ -2,36 +2,17 @@
 
 #include "engine/core/dtype.h"
 #include "engine/core/error.h"
+#include "engine/cpu/row_decoded_forward.h"
 
-#include <Eigen/Core>
-#include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <omp.h>
 #include <string>
 
 namespace moebius {
 
 namespace {
 
-using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using MapC   = Eigen::Map<const RowMat>;
-using MapM   = Eigen::Map<RowMat, 0, Eigen::OuterStride<>>;
-
 constexpr int kSlack = 8; // bytes after the last row, so 8-byte loads never read past the allocation
-
-// The same dot product as cpu::matmul_wt's GEMV, so single-token outputs match DenseLinear(dequantize()) exactly.
-inline float dot(const float* a, const float* b, int n) {
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int   i      = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int k = 0; k < 8; ++k)
-            acc[k] += a[i + k] * b[i + k];
-    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for (; i < n; ++i)
-        s += a[i] * b[i];
-    return s;
-}
 
 // Codes of one row as floats. Eight consecutive B-bit codes starting at a multiple of 8 fill exactly B bytes, so they
 // come from one little-endian 8-byte load; the tail (in % 8 codes) is read code by code.
@@ -163,48 +144,25 @@ std::vector<float> NbitLinear::dequantize() const {
     return w;
 }
 
+std::vector<PackedTensor> NbitLinear::packed_tensors() const {
+    const int64_t ng = n_groups();
+    auto bytes = [](auto span) { return std::span<const uint8_t>((const uint8_t*)span.data(), span.size_bytes()); };
+    return {{".qweight", DType::U8, {out_, row_bytes_}, bytes(packed_codes())},
+            {".scales", DType::F16, {out_, ng}, bytes(scales_f16())},
+            {".zeros", DType::U8, {out_, ng}, bytes(zeros())}};
+}
+
+nlohmann::ordered_json NbitLinear::packed_config() const {
+    return {{"format", "nbit"}, {"bits", bits_}, {"group_size", group_}};
+}
+
 size_t NbitLinear::storage_bytes() const {
     const size_t ng = (size_t)out_ * (in_ / group_);
     return (size_t)(row_bytes_ * out_) + ng * sizeof(uint16_t) + ng * sizeof(uint8_t);
 }
 
 void NbitLinear::forward(const float* x, int n, float* y) const {
-    const bool nested  = omp_in_parallel();
-    const int  threads = nested ? 1 : omp_get_max_threads();
-    // Same fork threshold as cpu::matmul_wt: below ~2^18 multiply-adds forking costs more than it saves.
-    const bool big = (int64_t)n * out_ * in_ >= (1 << 18);
-    if (n <= 4) {
-        // GEMV regime: decode one row into an L1-sized buffer, use it for all n tokens, move on.
-#pragma omp parallel num_threads(threads) if (threads > 1 && big)
-        {
-            std::vector<float> row(in_); // (in)
-#pragma omp for schedule(static)
-            for (int o = 0; o < out_; ++o) {
-                decode_row(o, row.data());
-                for (int t = 0; t < n; ++t)
-                    y[(int64_t)t * out_ + o] = dot(x + (int64_t)t * in_, row.data(), in_);
-            }
-        }
-        return;
-    }
-    // GEMM regime: each thread owns a contiguous range of rows, decodes it tile by tile (~128 KiB of f32) and lets
-    // Eigen multiply the tile.
-    MapC      X(x, n, in_);
-    const int tile   = std::max(8, std::min(out_, (32 * 1024) / std::max(1, in_)));
-    const int chunks = big ? std::max(1, std::min(threads, out_ / 16)) : 1;
-#pragma omp parallel for schedule(static) num_threads(threads) if (chunks > 1)
-    for (int c = 0; c < chunks; ++c) {
-        const int          o0 = (int)((int64_t)out_ * c / chunks), o1 = (int)((int64_t)out_ * (c + 1) / chunks);
-        std::vector<float> buf((size_t)tile * in_); // (tile, in)
-        for (int t0 = o0; t0 < o1; t0 += tile) {
-            const int rows = std::min(tile, o1 - t0);
-            for (int r = 0; r < rows; ++r)
-                decode_row(t0 + r, buf.data() + (int64_t)r * in_);
-            MapC W(buf.data(), rows, in_);
-            MapM Y(y + t0, n, rows, Eigen::OuterStride<>(out_));
-            Y.noalias() = X * W.transpose();
-        }
-    }
+    cpu::row_decoded_forward(x, n, in_, out_, y, [this](int o, float* dst) { decode_row(o, dst); });
 }
 
 } // namespace moebius

@@ -30,6 +30,8 @@ class NbitLinear final : public Linear {
     std::vector<float> dequantize() const override;
     size_t             storage_bytes() const override;
     std::string        format() const override { return "nbit"; }
+    std::vector<PackedTensor> packed_tensors() const override;
+    nlohmann::ordered_json    packed_config() const override;
 
     int                       bits() const { return bits_; }
     int                       group() const { return group_; }

@@ -30,7 +30,8 @@ const InputStats* LayerStats::for_linear(LinearKind kind, int expert) const {
     return nullptr;
 }
 
-LayerwiseRunner::LayerwiseRunner(Model& model, const CalibrationSet& calib) : model_(model), calib_(calib) {
+LayerwiseRunner::LayerwiseRunner(Model& model, const CalibrationSet& calib, bool release_passed)
+    : model_(model), calib_(calib), release_passed_(release_passed) {
     if (calib.samples.empty()) throw InputError("the calibration set is empty");
     const int H = model.spec().n_embd;
     hidden_.resize(calib.samples.size());
@@ -40,6 +41,7 @@ LayerwiseRunner::LayerwiseRunner(Model& model, const CalibrationSet& calib) : mo
         hidden_[s].resize((size_t)ids.size() * H);
         model.embed(ids.data(), (int)ids.size(), hidden_[s].data());
     }
+    model_.load_layer(0); // callers inspect and replace the current layer's weights through model().layer()
 }
 
 void LayerwiseRunner::run(const Hooks& hooks, const ProgressFn& progress) {
@@ -135,7 +137,9 @@ void LayerwiseRunner::advance(const Hooks* hooks, const ProgressFn& progress) {
                         "layer " + std::to_string(layer_) + ": propagating sample " + std::to_string(s + 1));
         model_.forward_layer(layer_, hidden_[s].data(), calib_.seqlen, nullptr, hooks);
     }
+    if (release_passed_) model_.release_layer(layer_);
     ++layer_;
+    if (!done()) model_.load_layer(layer_);
 }
 
 } // namespace moebius::quant

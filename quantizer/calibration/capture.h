@@ -39,7 +39,9 @@ struct LayerStats {
 
 class LayerwiseRunner {
 public:
-    LayerwiseRunner(Model& model, const CalibrationSet& calib);
+    // release_passed: free each layer's weights once advance() has left it (lazily loaded models; statistics-only
+    // drivers), so one layer is resident at a time. Quantizers keep their packed layers instead.
+    LayerwiseRunner(Model& model, const CalibrationSet& calib, bool release_passed = false);
     Model&                    model() { return model_; }
     const CalibrationSet&     calibration() const { return calib_; }
     int                       current_layer() const { return layer_; }
@@ -57,6 +59,7 @@ private:
     Model&                          model_;
     const CalibrationSet&           calib_;
     int                             layer_ = 0;
+    bool                            release_passed_ = false;
     std::vector<std::vector<float>> hidden_; // [samples] (seqlen, n_embd)
 };
 

@@ -4,7 +4,6 @@
 #include "engine/core/error.h"
 #include "engine/core/safetensors.h"
 #include "engine/core/weight_store.h"
-#include "engine/cpu/nbit_linear.h"
 
 #include <cstring>
 #include <fstream>
@@ -21,12 +20,6 @@ struct Owned {
     std::vector<int64_t> shape;
     std::vector<uint8_t> bytes;
 };
-
-template <class T> std::vector<uint8_t> as_bytes(std::span<const T> v) {
-    std::vector<uint8_t> b(v.size_bytes());
-    std::memcpy(b.data(), v.data(), b.size());
-    return b;
-}
 
 std::vector<uint8_t> encode_f32(const std::vector<float>& w, DType dt) {
     std::vector<uint8_t> b;
@@ -68,30 +61,35 @@ WriteReport write_checkpoint(const Model& model, const std::filesystem::path& sr
             }
         }
     }
-    std::set<std::string> owned_names; // source tensors that belong to a linear module (replaced below)
-    for (auto& [m, _] : modules)
-        for (const char* suffix : {".weight", ".qweight", ".scales", ".zeros"}) owned_names.insert(m + suffix);
+    // Source tensors that belong to a linear module: replaced by what is produced below (a source may itself be a
+    // packed checkpoint, so every side-tensor suffix of every format counts).
+    std::set<std::string> module_names;
+    for (const auto& [m, _] : modules) module_names.insert(m);
+    auto owned = [&](const std::string& name) {
+        const auto dot = name.rfind('.');
+        return dot != std::string::npos && name.compare(dot, std::string::npos, ".bias") != 0 &&
+               module_names.count(name.substr(0, dot)) > 0;
+    };
 
-    std::vector<Owned>       produced;
-    nlohmann::ordered_json   qmodules = nlohmann::ordered_json::object();
+    std::vector<Owned>     produced;
+    nlohmann::ordered_json qmodules = nlohmann::ordered_json::object();
     for (size_t i = 0; i < modules.size(); ++i) {
         if (i % 64 == 0) report_progress(progress, 0.8 * i / modules.size(), "writing " + modules[i].first);
         const auto& [name, lin] = modules[i];
         const int64_t out_f = lin->out_features(), in_f = lin->in_features();
-        const auto*   nb    = dynamic_cast<const NbitLinear*>(lin);
-        if (nb && !opt.dequantized) {
-            const int64_t ng = nb->n_groups();
-            produced.push_back({name + ".qweight", DType::U8, {out_f, NbitLinear::row_bytes((int)in_f, nb->bits())},
-                                as_bytes(nb->packed_codes())});
-            produced.push_back({name + ".scales", DType::F16, {out_f, ng}, as_bytes(nb->scales_f16())});
-            produced.push_back({name + ".zeros", DType::U8, {out_f, ng}, as_bytes(nb->zeros())});
-            for (size_t t = produced.size() - 3; t < produced.size(); ++t) rep.quantized_bytes += produced[t].bytes.size();
+        const bool    dense = dynamic_cast<const DenseLinear*>(lin) != nullptr;
+        if (!dense && !opt.dequantized) {
+            auto parts = lin->packed_tensors();
+            if (parts.empty())
+                throw UnsupportedError("cannot write module " + name + " of format '" + lin->format() + "'");
+            for (const auto& p : parts) {
+                produced.push_back({name + p.suffix, p.dtype, p.shape, {p.bytes.begin(), p.bytes.end()}});
+                rep.quantized_bytes += (int64_t)p.bytes.size();
+            }
             rep.quantized_weights += out_f * in_f;
-            qmodules[name] = {{"format", "nbit"}, {"bits", nb->bits()}, {"group_size", nb->group()}};
-        } else if (!nb && dynamic_cast<const DenseLinear*>(lin) && store.has(name + ".weight")) {
+            qmodules[name] = lin->packed_config();
+        } else if (dense && store.has(name + ".weight")) {
             continue; // unchanged dense weight: copied from the source below
-        } else if (!nb && !dynamic_cast<const DenseLinear*>(lin) && !opt.dequantized) {
-            throw UnsupportedError("cannot write module " + name + " of format '" + lin->format() + "'");
         } else {
             DType dt = opt.dequantized ? opt.dtype : DType::F32;
             produced.push_back({name + ".weight", dt, {out_f, in_f}, encode_f32(lin->dequantize(), dt)});
@@ -105,7 +103,7 @@ WriteReport write_checkpoint(const Model& model, const std::filesystem::path& sr
         if (dynamic_cast<const DenseLinear*>(lin) && store.has(m + ".weight")) keep.insert(m + ".weight");
     std::vector<TensorToWrite> tensors;
     for (const auto& name : store.names()) {
-        if (owned_names.count(name) && !keep.count(name)) continue;
+        if (owned(name) && !keep.count(name)) continue;
         const TensorInfo& ti = store.info(name);
         tensors.push_back({name, ti.dtype, ti.shape, {ti.data, ti.nbytes}});
     }

@@ -1,11 +1,12 @@
 // bench_capture: throughput of the layer-sequential calibration capture (the first stage of every quantizer).
 //
-//   bench_capture [MODEL] [--samples N=8] [--seqlen L=256] [--threads T] [--affinity] [--json]
+//   bench_capture [MODEL] [--samples N=8] [--seqlen L=256] [--threads T] [--affinity] [--eager] [--json]
 //
 // Random token windows (fixed seed) are embedded and pushed through every decoder layer: capture of all per-linear
 // input statistics (H = Σ x xᵀ per attention input, FFN input, every routed expert's gate/up and down inputs, plus the
 // affinity-weighted H with --affinity), then propagation to the next layer. Reported: tokens/s through the whole
-// pipeline (tokens × layers / time, and tokens / time), seconds per layer, peak RSS.
+// pipeline (tokens × layers / time, and tokens / time), seconds per layer, peak RSS. Layers are read on demand and
+// released once passed (the calibration driver's memory rule); --eager loads the whole model first.
 #include "engine/core/resources.h"
 #include "engine/cpu/model.h"
 #include "engine/cpu/parallel.h"
@@ -25,7 +26,7 @@ using clk = std::chrono::steady_clock;
 int main(int argc, char** argv) {
     std::string model_dir = default_model_dir().string();
     int         samples = 8, seqlen = 256, threads = 0;
-    bool        json = false, affinity = false;
+    bool        json = false, affinity = false, eager = false;
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
         auto        next = [&]() -> const char* {
@@ -40,6 +41,7 @@ int main(int argc, char** argv) {
         else if (a == "--threads") threads = std::atoi(next());
         else if (a == "--json") json = true;
         else if (a == "--affinity") affinity = true;
+        else if (a == "--eager") eager = true;
         else if (a.rfind("--", 0) == 0) {
             std::fprintf(stderr, "bench_capture: unknown option %s\n", a.c_str());
             return 2;
@@ -52,7 +54,9 @@ int main(int argc, char** argv) {
     set_num_threads(threads);
     try {
         auto t0    = clk::now();
-        auto model = Model::load(model_dir);
+        LoadOptions lo;
+        lo.lazy_layers = !eager;
+        auto model = Model::load(model_dir, {}, lo);
         double load_s = std::chrono::duration<double>(clk::now() - t0).count();
         const auto& spec = model->spec();
         quant::CalibrationSet set;
@@ -65,7 +69,7 @@ int main(int argc, char** argv) {
             set.samples.push_back(std::move(ids));
         }
         auto t1 = clk::now();
-        quant::LayerwiseRunner run(*model, set);
+        quant::LayerwiseRunner run(*model, set, /*release_passed=*/!eager);
         quant::CaptureOptions  opt;
         opt.affinity = affinity;
         double capture_s = 0, advance_s = 0;
@@ -88,6 +92,7 @@ int main(int argc, char** argv) {
         j["threads"]            = num_threads();
         j["tokens"]             = tokens;
         j["affinity"]           = affinity;
+        j["lazy_layers"]        = !eager;
         j["load_s"]             = load_s;
         j["capture_s"]          = capture_s;
         j["propagate_s"]        = advance_s;

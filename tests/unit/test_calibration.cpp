@@ -134,6 +134,39 @@ TEST(Capture, StatsMatchHooksAndAdvanceMatchesForward) {
     for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], 1e-4);
 }
 
+// The memory rule of the capture driver: a lazily loaded model holds only the current layer's weights, and the
+// statistics and propagated hidden states equal those of the eagerly loaded model.
+TEST(Capture, LazyModelHoldsOneLayerAndMatchesEager) {
+    Model&         eager = bundled();
+    LoadOptions    lo;
+    lo.lazy_layers = true;
+    auto           lazy  = Model::load(test::bundled_model(), {}, lo);
+    const int      L     = lazy->spec().n_layer;
+    for (int il = 0; il < L; ++il) EXPECT_FALSE(lazy->layer_loaded(il));
+    EXPECT_LT(lazy->storage_bytes(), eager.storage_bytes() / 2);
+    std::vector<float> x((size_t)4 * lazy->spec().n_embd);
+    std::vector<int32_t> ids{1, 2, 3, 4};
+    lazy->embed(ids.data(), 4, x.data());
+    EXPECT_THROW(lazy->forward_layer(0, x.data(), 4, nullptr), Error); // not loaded: a clear error, no crash
+
+    CalibrationSet  set = random_windows(test_ids(), 2, 32, 3, "test");
+    LayerwiseRunner a(eager, set), b(*lazy, set, /*release_passed=*/true);
+    while (!a.done()) {
+        const int il = a.current_layer();
+        int       resident = 0;
+        for (int j = 0; j < L; ++j) resident += lazy->layer_loaded(j);
+        EXPECT_EQ(resident, 1) << "layer " << il;
+        EXPECT_TRUE(lazy->layer_loaded(il));
+        LayerStats sa = a.capture({}), sb = b.capture({});
+        EXPECT_EQ(sa.ffn_in.H, sb.ffn_in.H);
+        EXPECT_EQ(sa.expert_in[5].H, sb.expert_in[5].H);
+        a.advance();
+        b.advance();
+        EXPECT_FALSE(lazy->layer_loaded(il));
+        for (int s = 0; s < 2 && !a.done(); ++s) EXPECT_EQ(a.hidden(s), b.hidden(s));
+    }
+}
+
 TEST(Routing, SelfComparisonIsZeroPerturbedIsNot) {
     Model&      m = bundled();
     const auto& ids = test_ids();
