@@ -2,7 +2,10 @@
 
 #include "engine/core/error.h"
 #include "engine/cpu/nbit_linear.h"
+#include "engine/cpu/binary_linear.h"
 #include "quantizer/calibration/capture.h"
+#include "quantizer/format/layer_checkpoint.h"
+#include "quantizer/methods/binarize.h"
 #include "quantizer/methods/gptq.h"
 #include "quantizer/methods/uniform_quant.h"
 
@@ -10,7 +13,9 @@
 
 namespace moebius::quant {
 
-std::vector<std::string> quantize_methods() { return {"rtn", "gptq", "agq"}; }
+std::vector<std::string> quantize_methods() { return {"rtn", "gptq", "agq", "billm", "arb-x", "arb-rc"}; }
+
+bool is_binary_method(const std::string& m) { return m == "billm" || m == "arb-x" || m == "arb-rc"; }
 
 void validate_options(const QuantizeOptions& o, const ModelSpec& spec) {
     bool known = false;
@@ -20,15 +25,20 @@ void validate_options(const QuantizeOptions& o, const ModelSpec& spec) {
         for (auto& m : quantize_methods()) list += (list.empty() ? "" : ", ") + m;
         throw InputError("unknown method '" + o.method + "' (available: " + list + ")");
     }
-    if (o.bits < 2 || o.bits > 8) throw InputError("--bits must be 2..8 for " + o.method + ", got " + std::to_string(o.bits));
+    const bool binary = is_binary_method(o.method);
+    if (!binary && (o.bits < (o.method == "rtn" ? 1 : 2) || o.bits > 8))
+        throw InputError("--bits must be " + std::string(o.method == "rtn" ? "1" : "2") + "..8 for " + o.method +
+                         ", got " + std::to_string(o.bits));
     if (o.group == 0 || o.group < -1) throw InputError("--group must be positive or -1 (per channel)");
-    if (o.group > 0) {
-        for (LinearKind k : {LinearKind::Q, LinearKind::O, LinearKind::ExpertGate, LinearKind::ExpertDown}) {
-            int in = spec.linear_shape(k).second;
-            if (in % o.group)
-                throw InputError("--group " + std::to_string(o.group) + " does not divide the input size " +
-                                 std::to_string(in) + " of " + linear_kind_name(k));
-        }
+    for (LinearKind k : {LinearKind::Q, LinearKind::O, LinearKind::ExpertGate, LinearKind::ExpertDown,
+                         LinearKind::SharedDown, LinearKind::DenseDown}) {
+        const int in = spec.linear_shape(k).second;
+        if (in <= 0) continue; // the family has no such linear
+        // Binary methods work on blocks of 128 columns (the whole row when narrower).
+        const int g = binary ? std::min(128, in) : o.group;
+        if (g > 0 && in % g)
+            throw InputError((binary ? "block size " : "--group ") + std::to_string(g) + " does not divide the input size " +
+                             std::to_string(in) + " of " + linear_kind_name(k));
     }
     if (o.damp < 0) throw InputError("--damp must not be negative");
 }
@@ -64,30 +74,47 @@ struct LayerQuantizer {
                   const std::vector<double>* H) {
         const int          in = slot->in_features(), out = slot->out_features();
         std::vector<float> W  = slot->dequantize();
-        UniformConfig      grid;
-        grid.bits  = opt.bits;
-        grid.group = opt.group;
-        grid.sym   = opt.sym;
         ModuleReport mr;
         mr.name   = name;
         mr.layer  = layer;
         mr.expert = expert;
         mr.tokens = tokens;
-        UniformQuantized q;
-        if (opt.method == "rtn" || !H) {
-            q = rtn_quantize(W.data(), out, in, grid);
+        std::unique_ptr<Linear> lin;
+        if (is_binary_method(opt.method)) {
+            MOEBIUS_ASSERT(H); // calibrated methods always pass a Hessian
+            BinarizeOptions bo;
+            bo.method = opt.method;
+            bo.block  = std::min(128, in);
+            bo.damp   = opt.damp;
+            BinarizeReport br;
+            lin             = std::make_unique<BinaryLinear>(binarize(W.data(), out, in, *H, bo, &br));
+            mr.rel_error    = br.rel_error;
+            mr.nominal_bits = 1 + br.salient_fraction;
+        } else if (opt.bits == 1) {
+            lin             = std::make_unique<BinaryLinear>(rtn_binarize(W.data(), out, in, opt.group));
+            mr.nominal_bits = 1;
         } else {
-            GptqOptions go;
-            go.grid          = grid;
-            go.damp          = opt.damp;
-            go.block         = opt.block;
-            go.act_order     = opt.act_order;
-            go.static_groups = true;
-            GptqReport gr;
-            q            = gptq_quantize(W.data(), out, in, *H, go, &gr);
-            mr.rel_error = gr.rel_error;
+            UniformConfig grid;
+            grid.bits  = opt.bits;
+            grid.group = opt.group;
+            grid.sym   = opt.sym;
+            UniformQuantized q;
+            if (opt.method == "rtn" || !H) {
+                q = rtn_quantize(W.data(), out, in, grid);
+            } else {
+                GptqOptions go;
+                go.grid          = grid;
+                go.damp          = opt.damp;
+                go.block         = opt.block;
+                go.act_order     = opt.act_order;
+                go.static_groups = true;
+                GptqReport gr;
+                q            = gptq_quantize(W.data(), out, in, *H, go, &gr);
+                mr.rel_error = gr.rel_error;
+            }
+            lin             = make_nbit_linear(q);
+            mr.nominal_bits = opt.bits;
         }
-        auto lin   = make_nbit_linear(q);
         mr.weights = (int64_t)out * in;
         mr.bytes   = (int64_t)lin->storage_bytes();
         slot       = std::move(lin);
@@ -117,117 +144,158 @@ std::vector<double> regularised(const std::vector<double>& H_s, int d, int64_t n
 
 } // namespace
 
+namespace {
+
+bool selected(LinearKind kind, const QuantizeOptions& opt) {
+    if ((kind == LinearKind::Router || kind == LinearKind::SharedExpertGate) && !opt.quantize_router) return false;
+    if (kind <= LinearKind::O && !opt.quantize_attention) return false;
+    return true;
+}
+
+// Everything that determines the result, for resuming: a saved layer is reused only under the same fingerprint.
+nlohmann::ordered_json fingerprint(const Model& model, const CalibrationSet& calib, const QuantizeOptions& opt) {
+    return {{"model", std::filesystem::absolute(model.spec().dir).lexically_normal().string()},
+            {"method", opt.method},
+            {"bits", opt.bits},
+            {"group", opt.group},
+            {"sym", opt.sym},
+            {"act_order", opt.act_order},
+            {"damp", opt.damp},
+            {"block", opt.block},
+            {"quantize_router", opt.quantize_router},
+            {"quantize_attention", opt.quantize_attention},
+            {"min_expert_tokens", opt.min_expert_tokens},
+            {"calibration_samples", calib.samples.size()},
+            {"calibration_seqlen", calib.seqlen},
+            {"calibration_hash", std::to_string(calibration_hash(calib.samples))}};
+}
+
+// The calibrated methods' work on the runner's current layer (GPTQ order: attention, router, FFN in, FFN mid).
+void quantize_layer_calibrated(LayerwiseRunner& run, LayerQuantizer& lq, const QuantizeOptions& opt,
+                               QuantizeReport& rep, const ProgressFn& progress) {
+    Model&      model = run.model();
+    const auto& spec  = model.spec();
+    const int   L     = spec.n_layer;
+    const int   il    = run.current_layer();
+    auto&       Ly    = model.layer(il);
+    const bool  agq   = opt.method == "agq";
+    auto prog = [&](double f, const std::string& what) {
+        report_progress(progress, (il + f) / L, "layer " + std::to_string(il + 1) + "/" + std::to_string(L) + ": " + what);
+    };
+    auto sub = [&](double f0, double f1, const std::string& what) {
+        return [&, f0, f1, what](const Progress& p) {
+            prog(f0 + (f1 - f0) * p.fraction, what);
+            return true;
+        };
+    };
+    if (opt.quantize_attention) {
+        CaptureOptions c;
+        c.ffn = c.experts = false;
+        LayerStats st = run.capture(c, sub(0.0, 0.1, "attention inputs"));
+        for (LinearKind k : {LinearKind::Q, LinearKind::K, LinearKind::V})
+            lq.quantize(Ly.slot(k), spec.linear_name(il, k), il, -1, st.attn_in.n_tokens, &st.attn_in.H);
+        st = run.capture(c, sub(0.1, 0.2, "attention output"));
+        lq.quantize(Ly.o, spec.linear_name(il, LinearKind::O), il, -1, st.attn_out.n_tokens, &st.attn_out.H);
+    }
+    if (opt.quantize_router) {
+        // The router first, so the experts' affinities come from the quantized router (MoEQuant's order).
+        CaptureOptions c;
+        c.attention = c.experts = false;
+        LayerStats st = run.capture(c, sub(0.2, 0.3, "router input"));
+        for (LinearKind k : {LinearKind::Router, LinearKind::SharedExpertGate})
+            if (Ly.slot(k)) lq.quantize(Ly.slot(k), spec.linear_name(il, k), il, -1, st.ffn_in.n_tokens, &st.ffn_in.H);
+    }
+    CaptureOptions c;
+    c.attention = false;
+    c.affinity  = agq;
+    LayerStats st = run.capture(c, sub(0.3, 0.6, "FFN inputs"));
+    auto hessian = [&](const InputStats& s) -> const std::vector<double>& { return agq && s.affinity ? s.H_aff : s.H; };
+    if (Ly.is_moe) {
+        std::vector<std::vector<double>> Hreg(spec.n_expert);
+        for (int e = 0; e < spec.n_expert; ++e) {
+            const InputStats& s = st.expert_in[e];
+            if (s.n_tokens < opt.min_expert_tokens) {
+                rep.undercalibrated.push_back({il, e, s.n_tokens});
+                // AGQ: the prior is the plain FFN input (weights unknown for tokens the expert never saw).
+                Hreg[e] = regularised(hessian(s), s.dim, s.n_tokens, &st.ffn_in, opt.min_expert_tokens);
+            }
+        }
+        for (int e = 0; e < spec.n_expert; ++e) {
+            prog(0.6, "experts gate/up");
+            const InputStats& s = st.expert_in[e];
+            const auto*       H = Hreg[e].empty() ? &hessian(s) : &Hreg[e];
+            for (LinearKind k : {LinearKind::ExpertGate, LinearKind::ExpertUp})
+                lq.quantize(Ly.slot(k, e), spec.linear_name(il, k, e), il, e, s.n_tokens, H);
+        }
+        if (Ly.shared_gate)
+            for (LinearKind k : {LinearKind::SharedGate, LinearKind::SharedUp}) {
+                const InputStats* s = st.for_linear(k);
+                lq.quantize(Ly.slot(k), spec.linear_name(il, k), il, -1, s->n_tokens, &hessian(*s));
+            }
+    } else {
+        for (LinearKind k : {LinearKind::DenseGate, LinearKind::DenseUp})
+            lq.quantize(Ly.slot(k), spec.linear_name(il, k), il, -1, st.ffn_in.n_tokens, &st.ffn_in.H);
+    }
+    // Down projections see the outputs of the quantized gate/up.
+    st = run.capture(c, sub(0.7, 0.9, "FFN intermediate"));
+    if (Ly.is_moe) {
+        for (int e = 0; e < spec.n_expert; ++e) {
+            const InputStats& s = st.expert_mid[e];
+            std::vector<double> Hreg;
+            if (s.n_tokens < opt.min_expert_tokens)
+                Hreg = regularised(hessian(s), s.dim, s.n_tokens, nullptr, opt.min_expert_tokens);
+            lq.quantize(Ly.slot(LinearKind::ExpertDown, e), spec.linear_name(il, LinearKind::ExpertDown, e), il, e,
+                        s.n_tokens, Hreg.empty() ? &hessian(s) : &Hreg);
+        }
+        if (Ly.shared_down)
+            lq.quantize(Ly.shared_down, spec.linear_name(il, LinearKind::SharedDown), il, -1, st.shared_mid.n_tokens,
+                        &st.shared_mid.H);
+    } else {
+        lq.quantize(Ly.dense_down, spec.linear_name(il, LinearKind::DenseDown), il, -1, st.dense_mid.n_tokens,
+                    &st.dense_mid.H);
+    }
+}
+
+} // namespace
+
 QuantizeReport quantize_model(Model& model, const CalibrationSet& calib, const QuantizeOptions& opt,
                               const ProgressFn& progress) {
-    const auto t0   = std::chrono::steady_clock::now();
+    const auto  t0   = std::chrono::steady_clock::now();
     const auto& spec = model.spec();
     validate_options(opt, spec);
     QuantizeReport rep;
     LayerQuantizer lq{model, opt, rep};
-    const bool     agq = opt.method == "agq";
-    const bool     rtn = opt.method == "rtn";
-    const int      L   = spec.n_layer;
+    const int      L     = spec.n_layer;
+    const bool     rtn   = opt.method == "rtn";
+    std::unique_ptr<LayerCheckpoints> saved;
+    if (!opt.work_dir.empty()) saved = std::make_unique<LayerCheckpoints>(opt.work_dir, fingerprint(model, calib, opt), opt.resume);
+    const int resumed = saved ? saved->saved_layers() : 0;
 
-    if (rtn) {
-        for (int il = 0; il < L; ++il) {
+    std::unique_ptr<LayerwiseRunner> run;
+    if (!rtn) run = std::make_unique<LayerwiseRunner>(model, calib);
+    for (int il = 0; il < L; ++il) {
+        model.load_layer(il);
+        if (il < resumed) {
+            // Saved by an interrupted run: restore the packed linears; the calibration states still pass through.
+            report_progress(progress, (double)il / L, "layer " + std::to_string(il + 1) + "/" + std::to_string(L) + ": restored");
+            saved->restore(model, il, rep);
+            if (run) run->advance();
+            continue;
+        }
+        if (rtn) {
             report_progress(progress, (double)il / L, "layer " + std::to_string(il + 1) + "/" + std::to_string(L));
-            model.load_layer(il);
-            auto& Ly = model.layer(il);
-            for (int k = 0; k < (int)LinearKind::Count; ++k) {
-                auto kind = (LinearKind)k;
-                if ((kind == LinearKind::Router || kind == LinearKind::SharedExpertGate) && !opt.quantize_router) continue;
-                if ((kind <= LinearKind::O) && !opt.quantize_attention) continue;
-                bool per_expert = kind == LinearKind::ExpertGate || kind == LinearKind::ExpertUp || kind == LinearKind::ExpertDown;
-                for (int e = 0; e < (per_expert ? (int)Ly.experts.size() : 1); ++e) {
-                    auto& slot = Ly.slot(kind, per_expert ? e : -1);
-                    if (slot) lq.quantize(slot, spec.linear_name(il, kind, per_expert ? e : -1), il, per_expert ? e : -1, 0, nullptr);
-                }
-            }
-        }
-        rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        return rep;
-    }
-
-    LayerwiseRunner run(model, calib);
-    while (!run.done()) {
-        const int il   = run.current_layer();
-        auto&     Ly   = model.layer(il);
-        auto      prog = [&](double f, const std::string& what) {
-            report_progress(progress, (il + f) / L, "layer " + std::to_string(il + 1) + "/" + std::to_string(L) + ": " + what);
-        };
-        auto sub = [&](double f0, double f1, const std::string& what) {
-            return [&, f0, f1, what](const Progress& p) {
-                prog(f0 + (f1 - f0) * p.fraction, what);
+            model.layer(il).for_each_linear([&](LinearKind kind, int e, std::unique_ptr<Linear>& slot) {
+                if (selected(kind, opt)) lq.quantize(slot, spec.linear_name(il, kind, e), il, e, 0, nullptr);
+            });
+        } else {
+            quantize_layer_calibrated(*run, lq, opt, rep, progress);
+            run->advance(nullptr, [&](const Progress& p) {
+                report_progress(progress, (il + 0.9 + 0.1 * p.fraction) / L,
+                                "layer " + std::to_string(il + 1) + "/" + std::to_string(L) + ": propagating");
                 return true;
-            };
-        };
-        if (opt.quantize_attention) {
-            CaptureOptions c;
-            c.ffn = c.experts = false;
-            LayerStats st = run.capture(c, sub(0.0, 0.1, "attention inputs"));
-            for (LinearKind k : {LinearKind::Q, LinearKind::K, LinearKind::V})
-                lq.quantize(Ly.slot(k), spec.linear_name(il, k), il, -1, st.attn_in.n_tokens, &st.attn_in.H);
-            st = run.capture(c, sub(0.1, 0.2, "attention output"));
-            lq.quantize(Ly.o, spec.linear_name(il, LinearKind::O), il, -1, st.attn_out.n_tokens, &st.attn_out.H);
+            });
         }
-        if (opt.quantize_router) {
-            // The router first, so the experts' affinities come from the quantized router (MoEQuant's order).
-            CaptureOptions c;
-            c.attention = c.experts = false;
-            LayerStats st = run.capture(c, sub(0.2, 0.3, "router input"));
-            for (LinearKind k : {LinearKind::Router, LinearKind::SharedExpertGate})
-                if (Ly.slot(k)) lq.quantize(Ly.slot(k), spec.linear_name(il, k), il, -1, st.ffn_in.n_tokens, &st.ffn_in.H);
-        }
-        CaptureOptions c;
-        c.attention = false;
-        c.affinity  = agq;
-        LayerStats st = run.capture(c, sub(0.3, 0.6, "FFN inputs"));
-        auto hessian = [&](const InputStats& s) -> const std::vector<double>& { return agq && s.affinity ? s.H_aff : s.H; };
-        if (Ly.is_moe) {
-            std::vector<std::vector<double>> Hreg(spec.n_expert);
-            for (int e = 0; e < spec.n_expert; ++e) {
-                const InputStats& s = st.expert_in[e];
-                if (s.n_tokens < opt.min_expert_tokens) {
-                    rep.undercalibrated.push_back({il, e, s.n_tokens});
-                    // AGQ: the prior is the plain FFN input (weights unknown for tokens the expert never saw).
-                    Hreg[e] = regularised(hessian(s), s.dim, s.n_tokens, &st.ffn_in, opt.min_expert_tokens);
-                }
-            }
-            for (int e = 0; e < spec.n_expert; ++e) {
-                prog(0.6, "experts gate/up");
-                const InputStats& s = st.expert_in[e];
-                const auto*       H = Hreg[e].empty() ? &hessian(s) : &Hreg[e];
-                for (LinearKind k : {LinearKind::ExpertGate, LinearKind::ExpertUp})
-                    lq.quantize(Ly.slot(k, e), spec.linear_name(il, k, e), il, e, s.n_tokens, H);
-            }
-            if (Ly.shared_gate)
-                for (LinearKind k : {LinearKind::SharedGate, LinearKind::SharedUp}) {
-                    const InputStats* s = st.for_linear(k);
-                    lq.quantize(Ly.slot(k), spec.linear_name(il, k), il, -1, s->n_tokens, &hessian(*s));
-                }
-        } else {
-            for (LinearKind k : {LinearKind::DenseGate, LinearKind::DenseUp})
-                lq.quantize(Ly.slot(k), spec.linear_name(il, k), il, -1, st.ffn_in.n_tokens, &st.ffn_in.H);
-        }
-        // Down projections see the outputs of the quantized gate/up.
-        st = run.capture(c, sub(0.7, 0.9, "FFN intermediate"));
-        if (Ly.is_moe) {
-            for (int e = 0; e < spec.n_expert; ++e) {
-                const InputStats& s = st.expert_mid[e];
-                std::vector<double> Hreg;
-                if (s.n_tokens < opt.min_expert_tokens)
-                    Hreg = regularised(hessian(s), s.dim, s.n_tokens, nullptr, opt.min_expert_tokens);
-                lq.quantize(Ly.slot(LinearKind::ExpertDown, e), spec.linear_name(il, LinearKind::ExpertDown, e), il, e,
-                            s.n_tokens, Hreg.empty() ? &hessian(s) : &Hreg);
-            }
-            if (Ly.shared_down)
-                lq.quantize(Ly.shared_down, spec.linear_name(il, LinearKind::SharedDown), il, -1, st.shared_mid.n_tokens,
-                            &st.shared_mid.H);
-        } else {
-            lq.quantize(Ly.dense_down, spec.linear_name(il, LinearKind::DenseDown), il, -1, st.dense_mid.n_tokens,
-                        &st.dense_mid.H);
-        }
-        run.advance(nullptr, sub(0.9, 1.0, "propagating"));
+        if (saved) saved->save(model, il, rep);
     }
     rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     report_progress(progress, 1.0, "done");

@@ -4,6 +4,7 @@
 // experts, shared and dense FFN → down), each group seeing the outputs of the already-quantized groups, then push the
 // calibration hidden states through the quantized layer into the next one.
 #include <cstdint>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -15,9 +16,9 @@
 namespace moebius::quant {
 
 struct QuantizeOptions {
-    std::string method = "gptq"; // rtn | gptq | agq
-    int         bits   = 4;
-    int         group  = 128;    // -1: per output channel
+    std::string method = "gptq"; // rtn | gptq | agq | billm | arb-x | arb-rc
+    int         bits   = 4;      // uniform methods: 2..8 (rtn also 1: sign binarization); binary methods: ignored
+    int         group  = 128;    // -1: per output channel (binary methods use blocks of min(128, in) columns)
     bool        sym    = false;
     bool        act_order = false;
     double      damp   = 0.01;
@@ -25,6 +26,10 @@ struct QuantizeOptions {
     bool        quantize_router = false; // routers and shared_expert_gate stay in source precision unless asked
     bool        quantize_attention = true;
     int         min_expert_tokens = 16;  // below this an expert's Hessian is regularised (see pipeline.cpp)
+    // Resume support (quantizer/format/layer_checkpoint.h): when set, every finished layer is saved here; with
+    // resume, layers saved by an interrupted run with the same options and calibration are restored, not redone.
+    std::filesystem::path work_dir;
+    bool                  resume = false;
 };
 
 struct ModuleReport {
@@ -35,6 +40,9 @@ struct ModuleReport {
     double      rel_error = 0; // ‖(W − Ŵ) X‖² / ‖W X‖² on the calibration inputs (the method's objective)
     int64_t     weights = 0;
     int64_t     bytes   = 0;
+    // The papers' figure: code bits per weight without side data (n for n-bit grids; 1 + the salient-column fraction
+    // for binary methods, whose salient columns carry a second sign plane). bytes gives the storage-exact figure.
+    double      nominal_bits = 0;
 };
 
 struct QuantizeReport {
@@ -50,6 +58,7 @@ struct QuantizeReport {
 
 // Known methods, for the CLI's validation and help.
 std::vector<std::string> quantize_methods();
+bool                     is_binary_method(const std::string& method); // billm, arb-x, arb-rc (calibrated, ~1 bit)
 // Throws InputError for an unknown method, bits out of range or a group that does not divide the input sizes.
 void validate_options(const QuantizeOptions& opt, const ModelSpec& spec);
 

@@ -208,7 +208,7 @@ int cmd_importance(const Argv& argv) {
         for (int i = 0; i < (int)LinearKind::Count; ++i) list += std::string(i ? ", " : "") + linear_kind_name((LinearKind)i);
         throw InputError("unknown --module '" + module + "' (" + list + ")");
     }
-    const bool is_expert = kind == LinearKind::ExpertGate || kind == LinearKind::ExpertUp || kind == LinearKind::ExpertDown;
+    const bool is_expert = is_expert_kind(kind);
     int expert = is_expert ? (int)args.get_int("expert", 0, 0, std::max(0, spec.n_expert - 1)) : -1;
     auto& slot = model->layer(layer).slot(kind, expert);
     if (!slot) throw InputError("layer " + std::to_string(layer) + " has no " + module);

@@ -42,9 +42,9 @@ std::string module_group(const std::string& name) {
 } // namespace
 
 int cmd_quantize(const Argv& argv) {
-    Args args(argv, {"json", "ebss", "force", "sym", "act-order", "quantize-router", "no-attention"},
+    Args args(argv, {"json", "ebss", "force", "sym", "act-order", "quantize-router", "no-attention", "resume"},
               {"method", "bits", "group", "calib", "text", "samples", "seqlen", "seed", "out", "threads", "damp",
-               "beam", "tau"});
+               "beam", "tau", "max-shard-size"});
     apply_threads(args);
     auto dir = model_arg(args);
     auto out = args.get("out");
@@ -65,6 +65,12 @@ int cmd_quantize(const Argv& argv) {
     validate_options(opt, spec);
     if (std::filesystem::exists(*out) && !args.flag("force") && !std::filesystem::is_empty(*out))
         throw InputError(*out + " already exists (use --force to replace it)");
+    // Finished layers are kept in OUT.partial while the run lasts, so an interrupted run can be resumed.
+    opt.work_dir = std::filesystem::path(*out + ".partial");
+    opt.resume   = args.flag("resume");
+    if (std::filesystem::exists(opt.work_dir) && !opt.resume && !args.flag("force"))
+        throw InputError(opt.work_dir.string() + " holds an interrupted run: --resume continues it, --force starts over");
+    const int64_t shard_mb = args.get_int("max-shard-size", 4096, 1, int64_t(1) << 30);
     Tokenizer tok   = Tokenizer::from_file(dir / "tokenizer.json");
     // Layers are read as the pipeline reaches them (EBSS generates with the whole model first).
     LoadOptions lo;
@@ -85,9 +91,17 @@ int cmd_quantize(const Argv& argv) {
         }
         return !g_interrupted.load();
     };
-    QuantizeReport rep = quantize_model(*model, calib, opt, prog);
+    QuantizeReport rep;
+    try {
+        rep = quantize_model(*model, calib, opt, prog);
+    } catch (const Cancelled&) {
+        if (show) std::fprintf(stderr, "\n");
+        throw Cancelled("interrupted; the finished layers are kept in " + opt.work_dir.string() +
+                        " (run the same command with --resume to continue)");
+    }
     WriteOptions   wo;
-    wo.force        = args.flag("force");
+    wo.force           = args.flag("force");
+    wo.max_shard_bytes = shard_mb << 20;
     wo.quantization = {{"method", opt.method},
                        {"bits", opt.bits},
                        {"group_size", opt.group},
@@ -103,11 +117,15 @@ int cmd_quantize(const Argv& argv) {
         return prog(Progress{1.0, "writing: " + p.stage});
     });
     std::signal(SIGINT, SIG_DFL);
+    std::filesystem::remove_all(opt.work_dir); // the checkpoint is complete
     if (show) std::fprintf(stderr, "\r%80s\r", "");
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
     std::map<std::string, std::pair<int64_t, int64_t>> kinds; // group → (bytes, weights)
+    double nominal = 0, weights = 0;
     for (const auto& m : rep.modules) {
+        nominal += m.nominal_bits * m.weights;
+        weights += m.weights;
         auto& k = kinds[module_group(m.name)];
         k.first += m.bytes;
         k.second += m.weights;
@@ -118,12 +136,13 @@ int cmd_quantize(const Argv& argv) {
     nlohmann::ordered_json j;
     j["out"]                     = *out;
     j["method"]                  = opt.method;
-    j["nominal_bits"]            = opt.bits;
+    j["nominal_bits"]            = weights > 0 ? nominal / weights : 0; // code bits without side data
     j["group"]                   = opt.group;
     j["bits_per_weight"]         = bpw; // storage-exact over the quantized modules: codes + scales + zeros
     j["bits_per_weight_by_kind"] = per_kind;
     j["model_bits_per_param"]    = 8.0 * wr.bytes_total / spec.total_params(); // every tensor, incl. unquantized
     j["bytes"]                   = wr.bytes_total;
+    j["shards"]                  = wr.shards;
     j["quantize_seconds"]        = rep.seconds;
     j["seconds"]                 = secs;
     j["peak_rss_mib"]            = peak_rss_mib();
@@ -135,10 +154,10 @@ int cmd_quantize(const Argv& argv) {
         print_json(j);
         return 0;
     }
-    std::printf("%s %d-bit (group %d): %.3f bits/weight storage-exact over %zu quantized modules; model %.3f bits/param,"
+    std::printf("%s: %.3f bits/weight storage-exact (%.3f nominal) over %zu quantized modules; model %.3f bits/param,"
                 " %.1f MB\n",
-                opt.method.c_str(), opt.bits, opt.group, bpw, rep.modules.size(), 8.0 * wr.bytes_total / spec.total_params(),
-                wr.bytes_total / 1e6);
+                opt.method.c_str(), bpw, weights > 0 ? nominal / weights : 0, rep.modules.size(),
+                8.0 * wr.bytes_total / spec.total_params(), wr.bytes_total / 1e6);
     std::printf("time %.1f s (quantization %.1f s), peak RSS %.0f MiB\n", secs, rep.seconds, peak_rss_mib());
     if (!rep.undercalibrated.empty()) {
         std::printf("%zu experts had fewer than %d calibration tokens (quantized with a regularised Hessian):",
@@ -151,7 +170,7 @@ int cmd_quantize(const Argv& argv) {
 }
 
 int cmd_export(const Argv& argv) {
-    Args args(argv, {"json", "force"}, {"dequantized", "dtype", "threads"});
+    Args args(argv, {"json", "force"}, {"dequantized", "dtype", "threads", "max-shard-size"});
     apply_threads(args);
     auto dir = model_arg(args);
     auto out = args.get("dequantized");
@@ -160,6 +179,7 @@ int cmd_export(const Argv& argv) {
     WriteOptions wo;
     wo.dequantized = true;
     wo.force       = args.flag("force");
+    wo.max_shard_bytes = args.get_int("max-shard-size", 4096, 1, int64_t(1) << 30) << 20;
     if (dt == "bf16") wo.dtype = DType::BF16;
     else if (dt == "f16") wo.dtype = DType::F16;
     else if (dt == "f32") wo.dtype = DType::F32;

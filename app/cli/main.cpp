@@ -31,10 +31,11 @@ const Command k_commands[] = {
     {"routing-diff", moebius::cli::cmd_routing_diff,
      "routing-diff REF MODEL [--text FILE] [--seqlen L] [--json]   routing shift between two models"},
     {"quantize", moebius::cli::cmd_quantize,
-     "quantize [MODEL] --method rtn|gptq|agq [--bits B] [--group G] [--sym] [--act-order]\n"
-     "           [--calib FILE | --ebss] [--samples N] [--seqlen L] [--seed S] --out DIR [--force] [--json]"},
+     "quantize [MODEL] --method rtn|gptq|agq|billm|arb-x|arb-rc [--bits B] [--group G] [--sym] [--act-order]\n"
+     "           [--calib FILE | --ebss] [--samples N] [--seqlen L] [--seed S] --out DIR [--force] [--resume]\n"
+     "           [--max-shard-size MB] [--json]   (rtn --bits 1: sign binarization; interrupted runs resume)"},
     {"export", moebius::cli::cmd_export,
-     "export QMODEL --dequantized OUT [--dtype bf16|f16|f32] [--force]   plain HF checkpoint"},
+     "export QMODEL --dequantized OUT [--dtype bf16|f16|f32] [--max-shard-size MB] [--force]   plain HF checkpoint"},
     {"importance", moebius::cli::cmd_importance,
      "importance [MODEL] --layer L --module M [--expert E] [--metric obs|hdiag|glas] (--text F | --ebss | --calib S)\n"
      "           [--out MAP.npy] [--max-size R,C] [--json]   weight importance map of one linear"},
@@ -69,8 +70,8 @@ int main(int argc, char** argv) {
         if (cmd != c.name) continue;
         try {
             return c.fn(rest);
-        } catch (const moebius::Cancelled&) {
-            std::cerr << "moebius " << cmd << ": cancelled" << std::endl;
+        } catch (const moebius::Cancelled& e) {
+            std::cerr << "moebius " << cmd << ": " << e.what() << std::endl;
             return 130;
         } catch (const moebius::InputError& e) {
             std::cerr << "moebius " << cmd << ": error: " << e.what() << std::endl;

@@ -30,6 +30,7 @@ struct InputError : Error {
 // A long job was cancelled through its progress callback.
 struct Cancelled : Error {
     Cancelled() : Error("cancelled") {}
+    explicit Cancelled(const std::string& what) : Error(what) {}
 };
 
 } // namespace moebius

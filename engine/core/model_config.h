@@ -47,6 +47,9 @@ enum class LinearKind : int {
     Count
 };
 const char* linear_kind_name(LinearKind k); // "q_proj", "expert.gate_proj", ...
+inline bool is_expert_kind(LinearKind k) {
+    return k == LinearKind::ExpertGate || k == LinearKind::ExpertUp || k == LinearKind::ExpertDown;
+}
 bool        linear_kind_from_name(const std::string& name, LinearKind& out);
 
 struct ModelSpec {

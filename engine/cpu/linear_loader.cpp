@@ -3,8 +3,10 @@
 #include "engine/core/dtype.h"
 #include "engine/core/error.h"
 #include "engine/core/weight_store.h"
+#include "engine/cpu/binary_linear.h"
 #include "engine/cpu/nbit_linear.h"
 
+#include <cstdint>
 #include <cstring>
 
 namespace moebius {
@@ -29,7 +31,7 @@ const TensorInfo& side(const WeightStore& store, const std::string& name, DType 
 
 template <class T> std::vector<T> copy_as(const TensorInfo& ti) {
     std::vector<T> v(ti.nbytes / sizeof(T));
-    std::memcpy(v.data(), ti.data, ti.nbytes);
+    if (ti.nbytes) std::memcpy(v.data(), ti.data, ti.nbytes); // zero-size tensors exist (a binary .signs2)
     return v;
 }
 
@@ -57,11 +59,17 @@ std::unique_ptr<Linear> load_linear(const WeightStore& store, const ModelSpec& s
     auto bad = [&](const std::string& m) { throw FormatError(cfg + ": quantization_config.modules['" + module + "']: " + m); };
     if (!q->is_object() || !q->contains("format") || !(*q)["format"].is_string()) bad("missing \"format\"");
     const std::string format = (*q)["format"];
+    auto get_int = [&](const char* k) {
+        if (!q->contains(k) || !(*q)[k].is_number_integer()) bad(std::string("missing integer \"") + k + "\"");
+        const auto v = (*q)[k].get<int64_t>();
+        if (v < INT32_MIN || v > INT32_MAX) bad(std::string("\"") + k + "\" out of range");
+        return (int)v;
+    };
+    auto get_bool = [&](const char* k) {
+        if (!q->contains(k) || !(*q)[k].is_boolean()) bad(std::string("missing boolean \"") + k + "\"");
+        return (*q)[k].get<bool>();
+    };
     if (format == "nbit") {
-        auto get_int = [&](const char* k) {
-            if (!q->contains(k) || !(*q)[k].is_number_integer()) bad(std::string("missing integer \"") + k + "\"");
-            return (*q)[k].get<int>();
-        };
         const int bits = get_int("bits"), group = get_int("group_size");
         if (bits < 1 || bits > 8) bad("bits must be 1..8");
         if (group <= 0 || in % group) bad("group_size must divide the input size " + std::to_string(in));
@@ -71,6 +79,32 @@ std::unique_ptr<Linear> load_linear(const WeightStore& store, const ModelSpec& s
         auto zeros  = copy_as<uint8_t>(side(store, module + ".zeros", DType::U8, {out, ng}));
         try {
             return std::make_unique<NbitLinear>(in, out, bits, group, std::move(packed), std::move(scales), std::move(zeros));
+        } catch (const FormatError& e) {
+            bad(e.what());
+        }
+    }
+    if (format == "binary") {
+        BinaryPacked p;
+        p.block          = get_int("block_size");
+        p.salient_groups = get_int("salient_groups");
+        p.has_mean       = get_bool("mean");
+        p.has_col_scale  = get_bool("col_scale");
+        if (p.block <= 0 || in % p.block) bad("block_size must divide the input size " + std::to_string(in));
+        if (p.salient_groups != 1 && p.salient_groups != 2) bad("salient_groups must be 1 or 2");
+        const int64_t rb = BinaryLinear::bit_bytes(in), nb = in / p.block, ng = 2 + p.salient_groups,
+                      ns = 2 + 2 * p.salient_groups;
+        p.salient = copy_as<uint8_t>(side(store, module + ".salient", DType::U8, {rb}));
+        // The second sign plane's width follows from the bitmap just read.
+        const int64_t rb2 = BinaryLinear::bit_bytes(BinaryLinear::count_salient(p.salient, in));
+        p.split      = copy_as<uint8_t>(side(store, module + ".split", DType::U8, {out, rb}));
+        p.signs      = copy_as<uint8_t>(side(store, module + ".signs", DType::U8, {out, rb}));
+        p.signs2     = copy_as<uint8_t>(side(store, module + ".signs2", DType::U8, {out, rb2}));
+        p.row_scales = copy_as<uint16_t>(side(store, module + ".row_scales", DType::F16, {out, nb, ns}));
+        if (p.has_mean) p.row_means = copy_as<uint16_t>(side(store, module + ".row_means", DType::F16, {out, nb, ng}));
+        if (p.has_col_scale)
+            p.col_scales = copy_as<uint16_t>(side(store, module + ".col_scales", DType::F16, {in, ns}));
+        try {
+            return std::make_unique<BinaryLinear>(in, out, std::move(p));
         } catch (const FormatError& e) {
             bad(e.what());
         }

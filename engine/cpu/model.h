@@ -33,6 +33,21 @@ struct LayerWeights {
     const std::unique_ptr<Linear>& slot(LinearKind kind, int expert = -1) const {
         return const_cast<LayerWeights*>(this)->slot(kind, expert);
     }
+    // f(kind, expert, slot) for every linear the layer has, in LinearKind order (expert = -1 for non-expert kinds).
+    template <class F> void for_each_linear(F&& f) {
+        for (int k = 0; k < (int)LinearKind::Count; ++k) {
+            const auto kind       = (LinearKind)k;
+            const bool per_expert = is_expert_kind(kind);
+            for (int e = 0; e < (per_expert ? (int)experts.size() : 1); ++e) {
+                auto& s = slot(kind, per_expert ? e : -1);
+                if (s) f(kind, per_expert ? e : -1, s);
+            }
+        }
+    }
+    template <class F> void for_each_linear(F&& f) const {
+        const_cast<LayerWeights*>(this)->for_each_linear(
+            [&](LinearKind k, int e, std::unique_ptr<Linear>& s) { f(k, e, (const std::unique_ptr<Linear>&)s); });
+    }
 };
 
 // Keys and values of every layer for one sequence.

@@ -5,6 +5,8 @@
 #include "engine/core/safetensors.h"
 #include "engine/core/weight_store.h"
 
+#include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <set>
@@ -51,15 +53,10 @@ WriteReport write_checkpoint(const Model& model, const std::filesystem::path& sr
     // Every decoder linear of the model, by module name.
     std::vector<std::pair<std::string, const Linear*>> modules;
     for (int il = 0; il < spec.n_layer; ++il) {
-        const auto& L = model.layer(il);
-        for (int k = 0; k < (int)LinearKind::Count; ++k) {
-            auto kind = (LinearKind)k;
-            bool per_expert = kind == LinearKind::ExpertGate || kind == LinearKind::ExpertUp || kind == LinearKind::ExpertDown;
-            for (int e = 0; e < (per_expert ? (int)L.experts.size() : 1); ++e) {
-                const auto& slot = L.slot(kind, per_expert ? e : -1);
-                if (slot) modules.emplace_back(spec.linear_name(il, kind, per_expert ? e : -1), slot.get());
-            }
-        }
+        if (!model.layer_loaded(il)) throw Error("write_checkpoint: layer " + std::to_string(il) + " is not loaded");
+        model.layer(il).for_each_linear([&](LinearKind kind, int e, const std::unique_ptr<Linear>& slot) {
+            modules.emplace_back(spec.linear_name(il, kind, e), slot.get());
+        });
     }
     // Source tensors that belong to a linear module: replaced by what is produced below (a source may itself be a
     // packed checkpoint, so every side-tensor suffix of every format counts).
@@ -109,9 +106,38 @@ WriteReport write_checkpoint(const Model& model, const std::filesystem::path& sr
     }
     for (const auto& o : produced) tensors.push_back({o.name, o.dtype, o.shape, o.bytes});
     for (const auto& t : tensors) rep.bytes_total += t.data.size();
-    report_progress(progress, 0.85, "writing model.safetensors");
     std::map<std::string, std::string> meta{{"format", "pt"}, {"producer", std::string("moebius ") + MOEBIUS_VERSION}};
-    write_safetensors(dir.temp_path() / "model.safetensors", tensors, meta);
+    if (opt.max_shard_bytes <= 0) throw InputError("the maximum shard size must be positive");
+    if (rep.bytes_total <= opt.max_shard_bytes) {
+        report_progress(progress, 0.85, "writing model.safetensors");
+        write_safetensors(dir.temp_path() / "model.safetensors", tensors, meta);
+    } else {
+        // Greedy in name order (the order safetensors files list tensors in), so related tensors stay together.
+        std::sort(tensors.begin(), tensors.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+        std::vector<std::vector<TensorToWrite>> shards(1);
+        int64_t                                 cur = 0;
+        for (auto& t : tensors) {
+            if (cur > 0 && cur + (int64_t)t.data.size() > opt.max_shard_bytes) {
+                shards.emplace_back();
+                cur = 0;
+            }
+            shards.back().push_back(t);
+            cur += (int64_t)t.data.size();
+        }
+        const int              n = (int)shards.size();
+        nlohmann::ordered_json index;
+        index["metadata"]   = {{"total_size", rep.bytes_total}};
+        index["weight_map"] = nlohmann::ordered_json::object();
+        for (int i = 0; i < n; ++i) {
+            char name[64];
+            std::snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", i + 1, n);
+            report_progress(progress, 0.85 + 0.1 * i / n, std::string("writing ") + name);
+            write_safetensors(dir.temp_path() / name, shards[i], meta);
+            for (const auto& t : shards[i]) index["weight_map"][t.name] = name;
+        }
+        write_file_atomic(dir.temp_path() / "model.safetensors.index.json", index.dump(2));
+        rep.shards = n;
+    }
 
     // config.json: the source's, with quantization_config set (packed) or removed (dequantized / nothing quantized).
     nlohmann::ordered_json cfg;

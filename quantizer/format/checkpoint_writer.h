@@ -15,6 +15,9 @@ struct WriteOptions {
     bool                   dequantized = false;     // write X.weight for every linear instead of packed formats
     DType                  dtype       = DType::BF16; // dtype of dequantized weights (BF16, F16 or F32)
     bool                   force       = false;     // replace an existing output directory
+    // Above this many bytes of tensors the weights are split into model-0000i-of-0000n.safetensors shards with a
+    // model.safetensors.index.json, as Hugging Face does (a tensor larger than a shard gets a shard of its own).
+    int64_t                max_shard_bytes = int64_t(4) << 30;
     nlohmann::ordered_json quantization;            // method-level fields merged into quantization_config (packed)
 };
 
@@ -22,6 +25,7 @@ struct WriteReport {
     int64_t bytes_total     = 0; // bytes of all tensors written
     int64_t quantized_bytes = 0; // bytes of the quantized modules' tensors
     int64_t quantized_weights = 0; // weights those modules replace
+    int     shards            = 1;
 };
 
 // src_dir: the checkpoint the model was loaded from (untouched tensors are copied from it byte for byte).

@@ -1,8 +1,8 @@
 #include "quantizer/methods/gptq.h"
 
 #include "engine/core/error.h"
+#include "quantizer/methods/hessian.h"
 
-#include <Eigen/Cholesky>
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
@@ -17,30 +17,6 @@ namespace {
 
 using Mat = Eigen::MatrixXd; // column-major: a column of W is contiguous, as the column sweep wants
 
-// Upper Cholesky factor U of Hd⁻¹ (Hd⁻¹ = UᵀU) without forming Hd⁻¹: with J the index reversal, J·Hd·J = L·Lᵀ gives
-// Hd = Ũ·Ũᵀ with Ũ = J·L·J upper, so Hd⁻¹ = (Ũ⁻¹)ᵀ·Ũ⁻¹ and U = Ũ⁻¹ = J·L⁻¹·J (Cholesky factors are unique).
-// One factorisation and one triangular inverse instead of chol → inverse → chol. Reversing both indices of a square
-// matrix reverses its flat storage. On success `hd` holds Ũ in its upper triangle (used for Σ wᵀ Hd w).
-bool inverse_cholesky_upper(Mat& hd, Mat& U, int threads) {
-    const int n = (int)hd.rows();
-    std::reverse(hd.data(), hd.data() + hd.size());
-    Eigen::LLT<Eigen::Ref<Mat>> llt(hd); // L in the lower triangle of hd
-    if (llt.info() != Eigen::Success)
-        return false;
-    U.setZero(n, n);
-    // L⁻¹ column block by column block: columns [c0, c1) only need the trailing block L[c0:, c0:].
-    constexpr int bw = 64;
-    const int     nb = (n + bw - 1) / bw;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && n >= 256)
-    for (int b = 0; b < nb; ++b) {
-        const int c0 = b * bw, w = std::min(bw, n - c0), m = n - c0;
-        U.block(c0, c0, m, w) = hd.block(c0, c0, m, m).triangularView<Eigen::Lower>().solve(Mat::Identity(m, w));
-    }
-    std::reverse(U.data(), U.data() + U.size());
-    std::reverse(hd.data(), hd.data() + hd.size());
-    return U.allFinite();
-}
-
 } // namespace
 
 UniformQuantized gptq_quantize(const float* W, int out, int in, const std::vector<double>& H, const GptqOptions& o,
@@ -48,17 +24,13 @@ UniformQuantized gptq_quantize(const float* W, int out, int in, const std::vecto
     const int gs = check_uniform_config(o.grid, in);
     if (out <= 0)
         throw InputError("gptq: the weight has no rows");
-    if ((int64_t)H.size() != (int64_t)in * in)
-        throw InputError("gptq: H has " + std::to_string(H.size()) + " entries, expected " + std::to_string(in) + "²");
     if (o.block <= 0)
         throw InputError("gptq: block size must be positive, got " + std::to_string(o.block));
     if (!(o.damp >= 0 && std::isfinite(o.damp)))
         throw InputError("gptq: damping must be a non-negative number, got " + std::to_string(o.damp));
     if (o.act_order && !o.static_groups)
         throw InputError("gptq: act_order requires static_groups (groups are defined on the original column order)");
-    for (double h : H)
-        if (!std::isfinite(h))
-            throw InputError("gptq: H contains a non-finite value");
+    check_hessian(H, in, "gptq");
 
     const int  n       = in;
     const int  ng      = n / gs;
@@ -66,11 +38,9 @@ UniformQuantized gptq_quantize(const float* W, int out, int in, const std::vecto
     const bool nested  = omp_in_parallel();
     const int  threads = nested ? 1 : omp_get_max_threads();
 
-    // Dead columns never saw a non-zero input: any value is free, so H_jj = 1 keeps H invertible and W_j = 0.
-    std::vector<char> dead(n);
-    int               n_dead = 0;
-    for (int j = 0; j < n; ++j)
-        n_dead += dead[j] = H[(size_t)j * n + j] == 0;
+    // Dead columns never saw a non-zero input: any value is free, so W_j = 0 (prepare_hessian sets H_jj = 1).
+    const std::vector<char> dead   = dead_columns(H, n);
+    const int               n_dead = (int)std::count(dead.begin(), dead.end(), 1);
 
     // Column order: descending diag(H) with act_order (stable, so ties keep the original order).
     std::vector<int> perm(n);
@@ -81,26 +51,10 @@ UniformQuantized gptq_quantize(const float* W, int out, int in, const std::vecto
             return da > db;
         });
 
-    Mat    hd(n, n), U; // (n, n) permuted, damped H; then Ũ (see inverse_cholesky_upper)
-    double mean_diag = 0;
-    for (int j = 0; j < n; ++j)
-        mean_diag += dead[j] ? 1.0 : H[(size_t)j * n + j];
-    mean_diag /= n;
-    double damp = o.damp, lambda = 0;
-    for (int attempt = 0;; ++attempt) {
-        lambda = damp * mean_diag;
-        for (int j = 0; j < n; ++j) // H is symmetric: column j of hd is row perm[j] of H, read contiguously
-            for (int i = 0; i < n; ++i)
-                hd(i, j) = H[(size_t)perm[j] * n + perm[i]];
-        for (int j = 0; j < n; ++j)
-            hd(j, j) = (dead[perm[j]] ? 1.0 : hd(j, j)) + lambda;
-        if (inverse_cholesky_upper(hd, U, threads))
-            break;
-        if (attempt == 3)
-            throw Error("gptq: H + λI is not positive definite even with damping " + std::to_string(damp) +
-                        " (H is indefinite or has non-finite statistics)");
-        damp = (damp > 0 ? damp : 0.01) * 10;
-    }
+    const PreparedHessian ph     = prepare_hessian(H, n, dead, o.damp, &perm, threads, "gptq");
+    const Mat&            hd     = ph.chol; // Ũ in the upper triangle
+    const Mat&            U      = ph.U;
+    const double          lambda = ph.lambda, damp = ph.damp;
 
     UniformQuantized q;
     q.out = out, q.in = in, q.bits = o.grid.bits, q.group = gs, q.sym = o.grid.sym;

@@ -2,6 +2,7 @@
 
 #include "engine/core/dtype.h"
 #include "engine/core/error.h"
+#include "engine/cpu/binary_linear.h"
 #include "engine/cpu/nbit_linear.h"
 
 #include <algorithm>
@@ -150,6 +151,35 @@ UniformQuantized rtn_quantize(const float* W, int out, int in, const UniformConf
 
 std::unique_ptr<NbitLinear> make_nbit_linear(const UniformQuantized& q) {
     return NbitLinear::from_codes(q.in, q.out, q.bits, q.group, q.codes.data(), q.scales.data(), q.zeros.data());
+}
+
+BinaryWeights rtn_binarize(const float* W, int out, int in, int group) {
+    const int gs = group == -1 ? in : group;
+    if (in <= 0 || out <= 0) throw InputError("1-bit quantization: empty weight");
+    if (gs <= 0 || in % gs)
+        throw InputError("1-bit quantization: group size " + std::to_string(group) + " does not divide " + std::to_string(in));
+    BinaryWeights b;
+    b.out = out, b.in = in, b.block = gs, b.salient_groups = 1, b.has_mean = true, b.has_col_scale = false;
+    const int nb = in / gs, ns = b.n_slots(), ng = b.n_groups();
+    b.salient.assign(in, 0);
+    b.split.assign((size_t)out * in, 0);
+    b.sign1.assign((size_t)out * in, 1);
+    b.sign2.assign((size_t)out * in, 1);
+    b.row_scale.assign((size_t)out * nb * ns, 0.f); // (out, n_blocks, n_slots): only slot 0 is used
+    b.row_mean.assign((size_t)out * nb * ng, 0.f);  // (out, n_blocks, n_groups): only group 0 is used
+    for (int o = 0; o < out; ++o)
+        for (int g = 0; g < nb; ++g) {
+            const float* w  = W + (int64_t)o * in + (int64_t)g * gs;
+            double       mu = 0;
+            for (int j = 0; j < gs; ++j) mu += w[j];
+            const float m16 = round_to_f16(mu / gs); // the stored mean, before α is fitted around it
+            double      a   = 0;
+            for (int j = 0; j < gs; ++j) a += std::fabs((double)w[j] - m16);
+            b.row_mean[((size_t)o * nb + g) * ng]  = m16;
+            b.row_scale[((size_t)o * nb + g) * ns] = round_to_f16(a / gs);
+            for (int j = 0; j < gs; ++j) b.sign1[(size_t)o * in + (size_t)g * gs + j] = w[j] >= m16 ? 1 : -1;
+        }
+    return b;
 }
 
 } // namespace moebius::quant

@@ -9,7 +9,8 @@
 
 namespace moebius {
 class NbitLinear;
-}
+struct BinaryWeights;
+} // namespace moebius
 
 namespace moebius::quant {
 
@@ -52,6 +53,10 @@ inline float dequantize_code(int code, const GridParams& p) {
 
 // Round-to-nearest quantization of W (out, in).
 UniformQuantized rtn_quantize(const float* W, int out, int in, const UniformConfig& c);
+
+// 1-bit round to nearest (the plain binarization baseline): per (row, group of `group` columns; -1: the row) a mean μ
+// and a scale α = mean|w − μ|, w ≈ μ + α·sign(w − μ); no salient columns, no split. Stored in the binary format.
+BinaryWeights rtn_binarize(const float* W, int out, int in, int group);
 
 // The packed CPU layer for a quantized matrix (codes packed LSB-first, f16 scales, u8 zeros).
 std::unique_ptr<NbitLinear> make_nbit_linear(const UniformQuantized& q);

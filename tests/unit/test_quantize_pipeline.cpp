@@ -171,3 +171,95 @@ TEST(QuantizePipeline, CancelAndWriteFailureLeaveNoCheckpoint) {
     EXPECT_ANY_THROW(write_checkpoint(*m, test::bundled_model(), dir / "file" / "out", WriteOptions{}));
     EXPECT_EQ(test::read_text(dir / "file"), "not a directory");
 }
+
+// An interrupted run resumes from its last finished layer and ends with exactly the checkpoint of an uninterrupted
+// run (the calibration states of restored layers are recomputed through their saved packed weights).
+TEST(QuantizePipeline, ResumeAfterInterruptionEqualsUninterrupted) {
+    auto           dir   = test::scratch_dir("qresume");
+    CalibrationSet calib = tiny_calibration(4, 64);
+    QuantizeOptions opt;
+    opt.method   = "gptq";
+    opt.bits     = 3;
+    opt.work_dir = dir / "work";
+
+    auto whole = Model::load(test::bundled_model());
+    QuantizeOptions plain = opt;
+    plain.work_dir.clear();
+    auto rep_whole = quantize_model(*whole, calib, plain);
+
+    {   // Interrupted once layer 2 has started: layers 0 and 1 are saved.
+        auto m = Model::load(test::bundled_model());
+        EXPECT_THROW(quantize_model(*m, calib, opt,
+                                    [&](const Progress& p) { return p.fraction < 2.2 / m->spec().n_layer; }),
+                     Cancelled);
+    }
+    ASSERT_TRUE(std::filesystem::exists(dir / "work" / "layer-001.safetensors"));
+    EXPECT_FALSE(std::filesystem::exists(dir / "work" / "layer-002.safetensors"));
+    EXPECT_FALSE(std::filesystem::exists(dir / "work" / "config.json")); // never loads as a model
+
+    // Different options: refused, naming the field.
+    {
+        auto            m   = Model::load(test::bundled_model());
+        QuantizeOptions bad = opt;
+        bad.bits            = 4;
+        bad.resume          = true;
+        try {
+            quantize_model(*m, calib, bad);
+            ADD_FAILURE() << "resumed with other options";
+        } catch (const InputError& e) {
+            EXPECT_NE(std::string(e.what()).find("bits"), std::string::npos) << e.what();
+        }
+    }
+    LoadOptions lazy;
+    lazy.lazy_layers = true;
+    auto m           = Model::load(test::bundled_model(), {}, lazy);
+    opt.resume       = true;
+    std::vector<std::string> stages;
+    auto rep = quantize_model(*m, calib, opt, [&](const Progress& p) {
+        stages.push_back(p.stage);
+        return true;
+    });
+    int restored = 0;
+    for (const auto& s : stages) restored += s.find("restored") != std::string::npos;
+    EXPECT_EQ(restored, 2);
+    ASSERT_EQ(rep.modules.size(), rep_whole.modules.size());
+    for (size_t i = 0; i < rep.modules.size(); ++i) {
+        EXPECT_EQ(rep.modules[i].name, rep_whole.modules[i].name);
+        EXPECT_EQ(rep.modules[i].rel_error, rep_whole.modules[i].rel_error) << rep.modules[i].name;
+    }
+    EXPECT_EQ(rep.undercalibrated.size(), rep_whole.undercalibrated.size());
+    for (int il = 0; il < m->spec().n_layer; ++il)
+        for (int e : {0, 9})
+            EXPECT_EQ(m->layer(il).experts[e][2]->dequantize(), whole->layer(il).experts[e][2]->dequantize());
+    EXPECT_EQ(logits_of(*m, k_ids), logits_of(*whole, k_ids));
+}
+
+// 1-bit RTN: sign binarization with a mean and a scale per group, stored in the binary format.
+TEST(QuantizePipeline, OneBitRtnIsSignBinarization) {
+    auto            m = Model::load(test::bundled_model());
+    auto            W = m->layer(1).experts[3][0]->dequantize();
+    QuantizeOptions opt;
+    opt.method = "rtn";
+    opt.bits   = 1;
+    quantize_model(*m, CalibrationSet{}, opt);
+    const Linear& q = *m->layer(1).experts[3][0];
+    EXPECT_EQ(q.format(), "binary");
+    auto Q = q.dequantize();
+    // Each (row, 128-column group) takes exactly two values μ ± α around the group's mean, by the side of the mean.
+    const int in = q.in_features();
+    ASSERT_EQ(in % 128, 0);
+    for (int o = 0; o < 4; ++o)
+        for (int g = 0; g < in / 128; ++g) {
+            const float* w  = W.data() + (size_t)o * in + g * 128;
+            const float* v  = Q.data() + (size_t)o * in + g * 128;
+            double       mu = 0;
+            for (int j = 0; j < 128; ++j) mu += w[j];
+            mu /= 128;
+            const float hi = *std::max_element(v, v + 128), lo = *std::min_element(v, v + 128);
+            EXPECT_NEAR((hi + lo) / 2, mu, 1e-3 * std::fabs(mu) + 1e-6);
+            for (int j = 0; j < 128; ++j) {
+                EXPECT_TRUE(v[j] == lo || v[j] == hi);
+                if (std::fabs(w[j] - mu) > 1e-3 * std::fabs(mu) + 1e-6) { EXPECT_EQ(v[j], w[j] > mu ? hi : lo); }
+            }
+        }
+}

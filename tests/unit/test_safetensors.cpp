@@ -305,6 +305,36 @@ TEST(Safetensors, WriteReadRoundTripEveryDType) {
     EXPECT_TRUE(st2->metadata().empty());
 }
 
+TEST(Safetensors, ZeroSizeTensorsAnywhereInTheFile) {
+    // Packed formats have tensors of zero width (a binary layer without salient columns has a [out, 0] .signs2):
+    // first, between others, last (its offsets then equal the end of the data buffer) and alone in a file.
+    auto                 dir = test::scratch_dir("st-zero");
+    std::vector<uint8_t> empty, mid = random_bytes(4, 9);
+    std::vector<TensorToWrite> tensors = {{"m.signs", DType::U8, {2, 2}, mid},
+                                          {"m.signs2", DType::U8, {2, 0}, empty},
+                                          {"a.first", DType::F16, {0}, empty},
+                                          {"z.last", DType::U8, {5, 0}, empty}};
+    write_safetensors(dir / "z.safetensors", tensors);
+    auto st = SafetensorsFile::open(dir / "z.safetensors");
+    ASSERT_EQ(st->tensors().size(), 4u);
+    for (const auto& t : tensors) {
+        const TensorInfo* info = st->find(t.name);
+        ASSERT_NE(info, nullptr) << t.name;
+        EXPECT_EQ(info->shape, t.shape) << t.name;
+        EXPECT_EQ(info->dtype, t.dtype) << t.name;
+        EXPECT_EQ(info->nbytes, t.data.size()) << t.name;
+    }
+    EXPECT_EQ(st->find("m.signs2")->numel(), 0);
+    EXPECT_EQ(std::memcmp(st->find("m.signs")->data, mid.data(), 4), 0);
+    EXPECT_EQ(st->file_size(), 8 + header_len(dir / "z.safetensors") + 4);
+
+    write_safetensors(dir / "only.safetensors", {{"x.signs2", DType::U8, {3, 0}, empty}});
+    auto only = SafetensorsFile::open(dir / "only.safetensors");
+    EXPECT_EQ(only->file_size(), 8 + header_len(dir / "only.safetensors")); // no data bytes at all
+    EXPECT_EQ(only->find("x.signs2")->shape, (std::vector<int64_t>{3, 0}));
+    EXPECT_EQ(only->find("x.signs2")->nbytes, 0u);
+}
+
 TEST(Safetensors, WriterRejectsBadInput) {
     auto                 dir = test::scratch_dir("st-writer-bad");
     std::vector<uint8_t> four(4);
