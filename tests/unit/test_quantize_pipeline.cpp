@@ -263,3 +263,67 @@ TEST(QuantizePipeline, OneBitRtnIsSignBinarization) {
             }
         }
 }
+
+// The binary methods end to end: every quantized linear is packed binary, held-out perplexity is finite and its
+// excess over FP at most half that of plain 1-bit RTN, ARB-RC is no worse than BiLLM, and the packed checkpoint's perplexity equals that of its
+// dequantized export (the binary kernel computes with exactly the stored weights).
+TEST(QuantizePipeline, BinaryMethodsBeatOneBitRtnAndMatchTheirExport) {
+    auto text = Tokenizer::from_file(test::bundled_model() / "tokenizer.json")
+                    .encode(test::read_text(test::resources_dir() / "corpus" / "test.txt"));
+    text.resize(6 * 256); // held-out windows
+    CalibrationSet calib = tiny_calibration(16, 128);
+    auto ppl_of = [&](const std::string& method, std::unique_ptr<Model>* keep = nullptr) {
+        auto            m = Model::load(test::bundled_model());
+        QuantizeOptions opt;
+        opt.method = method;
+        opt.bits   = 1;
+        auto rep   = quantize_model(*m, method == "rtn" ? CalibrationSet{} : calib, opt);
+        for (const auto& mr : rep.modules) {
+            EXPECT_EQ(m->layer(mr.layer).slot(LinearKind::Q)->format(), "binary");
+            EXPECT_GE(mr.nominal_bits, 1.0);
+            EXPECT_LT(mr.nominal_bits, 2.0);
+        }
+        double p = perplexity(*m, text, 256).ppl;
+        if (keep) *keep = std::move(m);
+        return p;
+    };
+    std::unique_ptr<Model> billm_model;
+    const double rtn1 = ppl_of("rtn"), billm = ppl_of("billm", &billm_model), arbx = ppl_of("arb-x"),
+                 arbrc = ppl_of("arb-rc");
+    const double fp = perplexity(*Model::load(test::bundled_model()), text, 256).ppl;
+    RecordProperty("ppl_fp", std::to_string(fp));
+    RecordProperty("ppl_rtn1", std::to_string(rtn1));
+    RecordProperty("ppl_billm", std::to_string(billm));
+    RecordProperty("ppl_arbx", std::to_string(arbx));
+    RecordProperty("ppl_arbrc", std::to_string(arbrc));
+    for (double p : {billm, arbx, arbrc}) {
+        EXPECT_TRUE(std::isfinite(p));
+        EXPECT_LT(p - fp, 0.5 * (rtn1 - fp))
+            << "fp " << fp << " rtn1 " << rtn1 << " billm " << billm << " arb-x " << arbx << " arb-rc " << arbrc;
+    }
+    EXPECT_LE(arbrc, billm);
+
+    auto dir = test::scratch_dir("qbinary");
+    const WriteReport wr = write_checkpoint(*billm_model, test::bundled_model(), dir / "packed", WriteOptions{});
+    WriteOptions deq;
+    deq.dequantized = true;
+    deq.dtype       = DType::F32;
+    write_checkpoint(*billm_model, test::bundled_model(), dir / "deq", deq);
+    auto packed = Model::load(dir / "packed"), plain = Model::load(dir / "deq");
+    EXPECT_EQ(packed->layer(0).experts[0][0]->format(), "binary");
+    const double p_packed = perplexity(*packed, text, 256).ppl, p_plain = perplexity(*plain, text, 256).ppl;
+    EXPECT_NEAR(p_packed, billm, 1e-9 * billm);
+    EXPECT_NEAR(p_packed, p_plain, 1e-5 * p_plain);
+    // Disk size matches the storage-exact accounting of the packed modules.
+    int64_t disk = 0;
+    for (const auto& e : std::filesystem::directory_iterator(dir / "packed"))
+        if (e.path().extension() == ".safetensors") disk += (int64_t)std::filesystem::file_size(e.path());
+    EXPECT_GE(disk, wr.bytes_total);
+    EXPECT_LT(disk - wr.bytes_total, 256 * 1024); // safetensors headers
+    int64_t storage = 0;
+    for (int il = 0; il < packed->spec().n_layer; ++il)
+        packed->layer(il).for_each_linear([&](LinearKind, int, const std::unique_ptr<Linear>& l) {
+            if (l->format() == "binary") storage += (int64_t)l->storage_bytes();
+        });
+    EXPECT_EQ(storage, wr.quantized_bytes);
+}
