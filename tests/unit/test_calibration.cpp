@@ -237,8 +237,27 @@ TEST(Ebss, MoreBalancedThanRandomWindows) {
     RecordProperty("ebss_sigma", std::to_string(se));
     RecordProperty("random_sigma", std::to_string(sr));
     EXPECT_LT(se, sr) << "EBSS sigma " << se << " vs random windows " << sr;
-    // Deterministic for a seed (checked on a small run).
-    opt.samples = 2;
-    opt.seqlen  = 16;
-    EXPECT_EQ(ebss_generate(m, opt).samples, ebss_generate(m, opt).samples);
+}
+
+// The small sibling of the test above (it also runs under the sanitizers): shape, bans and determinism for a seed.
+TEST(Ebss, SmallSetIsDeterministicAndRespectsBans) {
+    Model&      m = bundled();
+    EbssOptions opt;
+    opt.samples        = 2;
+    opt.seqlen         = 16;
+    opt.seed           = 3;
+    opt.excluded_first = {2045, 2046, 2047};
+    opt.banned         = {2045, 2046, 2047};
+    CalibrationSet a = ebss_generate(m, opt), b = ebss_generate(m, opt);
+    EXPECT_EQ(a.samples, b.samples);
+    ASSERT_EQ(a.samples.size(), 2u);
+    for (const auto& s : a.samples) {
+        ASSERT_EQ(s.size(), 16u);
+        for (int32_t id : s) {
+            EXPECT_GE(id, 0);
+            EXPECT_LT(id, 2045);
+        }
+    }
+    ExpertUsage u = measure_usage(m, a.samples[0], 16);
+    EXPECT_GE(u.mean_imbalance(), 0.0);
 }
