@@ -10,59 +10,27 @@
 #include <Eigen/Dense>
 #include <cmath>
 #include <gtest/gtest.h>
+
+#include "quant_test_util.h"
 #include <numeric>
 #include <omp.h>
 #include <random>
 
 using namespace moebius;
 using namespace moebius::quant;
+using moebius::test::correlated_h;
+using moebius::test::hessian_objective;
+using moebius::test::random_w;
 
 namespace {
 
 const char* kMethods[] = {"billm", "arb", "arb-x", "arb-rc"};
-
-std::vector<float> random_w(int out, int in, uint32_t seed, float scale = 1.0f) {
-    std::mt19937                    rng(seed);
-    std::normal_distribution<float> nd(0, scale);
-    std::vector<float>              w((size_t)out * in);
-    for (auto& v : w)
-        v = nd(rng);
-    return w;
-}
 
 std::vector<double> identity_h(int n) {
     std::vector<double> H((size_t)n * n, 0.0);
     for (int i = 0; i < n; ++i)
         H[(size_t)i * n + i] = 1;
     return H;
-}
-
-// H = XᵀX for N tokens whose features are strongly correlated (a random mixing of a few latent factors plus noise).
-std::vector<double> correlated_h(int n, int tokens, uint32_t seed) {
-    std::mt19937                     rng(seed);
-    std::normal_distribution<double> nd(0, 1);
-    const int                        k = std::max(2, n / 4);
-    Eigen::MatrixXd                  A(k, n), Z(tokens, k), E(tokens, n);
-    for (int i = 0; i < A.size(); ++i)
-        A.data()[i] = nd(rng);
-    for (int i = 0; i < Z.size(); ++i)
-        Z.data()[i] = nd(rng);
-    for (int i = 0; i < E.size(); ++i)
-        E.data()[i] = 0.1 * nd(rng);
-    Eigen::MatrixXd X = Z * A + E;
-    Eigen::MatrixXd H = X.transpose() * X;
-    return std::vector<double>(H.data(), H.data() + H.size());
-}
-
-// Σ_rows (w − q)ᵀ H (w − q).
-double objective(const std::vector<float>& w, const std::vector<float>& q, int out, int n,
-                 const std::vector<double>& H) {
-    Eigen::MatrixXd D(out, n);
-    for (int r = 0; r < out; ++r)
-        for (int j = 0; j < n; ++j)
-            D(r, j) = (double)w[(size_t)r * n + j] - q[(size_t)r * n + j];
-    Eigen::Map<const Eigen::MatrixXd> Hm(H.data(), n, n);
-    return (D * Hm).cwiseProduct(D).sum();
 }
 
 double plain_error(const std::vector<float>& w, const std::vector<float>& q) {
@@ -407,7 +375,7 @@ TEST(Binarize, RefinementsNeverIncreaseTheObjective) {
         if (std::string(m) != "arb-x")
             EXPECT_NEAR(plain_error(X, q), trace.back(), 1e-3 * trace.back()) << m;
         else
-            EXPECT_NEAR(objective(X, q, rows, B, Hv), trace.back(), 1e-3 * trace.back()) << m;
+            EXPECT_NEAR(hessian_objective(X, q, rows, B, Hv), trace.back(), 1e-3 * trace.back()) << m;
     }
 }
 
@@ -428,7 +396,7 @@ TEST(Binarize, MethodOrdering) {
     EXPECT_LT(rx.error, rb.error);
     auto sign = sign_binarize(W, out, n);
     EXPECT_LT(plain_error(W, qrc), 0.8 * plain_error(W, sign));
-    EXPECT_LT(rr.error, objective(W, sign, out, n, H));
+    EXPECT_LT(rr.error, hessian_objective(W, sign, out, n, H));
 }
 
 TEST(Binarize, IdentityHessianBlocksAreIndependent) {
@@ -493,8 +461,8 @@ TEST(Binarize, ValidF16OutputAndReportedObjective) {
             ASSERT_TRUE(bw.sign2[i] == 1 || bw.sign2[i] == -1) << m;
         }
         const auto   q   = bw.dequantize();
-        const double ref = objective(W, std::vector<float>(W.size(), 0.0f), out, n, H);
-        EXPECT_NEAR(rep.error, objective(W, q, out, n, H), 1e-9 * ref) << m;
+        const double ref = hessian_objective(W, std::vector<float>(W.size(), 0.0f), out, n, H);
+        EXPECT_NEAR(rep.error, hessian_objective(W, q, out, n, H), 1e-9 * ref) << m;
         EXPECT_NEAR(rep.reference, ref, 1e-9 * ref) << m;
         EXPECT_NEAR(rep.rel_error, rep.error / rep.reference, 1e-12) << m;
         EXPECT_GT(rep.rel_error, 0) << m;
@@ -600,8 +568,8 @@ TEST(Binarize, BundledModelMatrix) {
             X(t, j) = nd(rng) * (j % 17 == 0 ? 4.0 : 1.0);
     Eigen::MatrixXd     Hm = X.transpose() * X;
     std::vector<double> H(Hm.data(), Hm.data() + Hm.size());
-    const double        ref    = objective(W, std::vector<float>(W.size(), 0.0f), out, n, H);
-    const double        rtn    = objective(W, sign_binarize(W, out, n), out, n, H) / ref;
+    const double        ref    = hessian_objective(W, std::vector<float>(W.size(), 0.0f), out, n, H);
+    const double        rtn    = hessian_objective(W, sign_binarize(W, out, n), out, n, H) / ref;
     double              rel[4] = {};
     for (int i = 0; i < 4; ++i) {
         BinarizeOptions o;

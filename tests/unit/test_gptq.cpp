@@ -6,51 +6,20 @@
 #include <Eigen/Dense>
 #include <cmath>
 #include <gtest/gtest.h>
+
+#include "quant_test_util.h"
 #include <numeric>
 #include <omp.h>
 #include <random>
 
 using namespace moebius;
 using namespace moebius::quant;
+using moebius::test::correlated_h;
+using moebius::test::hessian_objective;
+using moebius::test::random_w;
 
 namespace {
 
-std::vector<float> random_w(int out, int in, uint32_t seed) {
-    std::mt19937                    rng(seed);
-    std::normal_distribution<float> nd(0, 1);
-    std::vector<float>              w((size_t)out * in);
-    for (auto& v : w)
-        v = nd(rng);
-    return w;
-}
-
-// H = XᵀX for N tokens whose features are strongly correlated (a random mixing of a few latent factors plus noise).
-std::vector<double> correlated_h(int n, int tokens, uint32_t seed) {
-    std::mt19937                     rng(seed);
-    std::normal_distribution<double> nd(0, 1);
-    const int                        k = std::max(2, n / 4);
-    Eigen::MatrixXd                  A(k, n), Z(tokens, k), E(tokens, n);
-    for (int i = 0; i < A.size(); ++i)
-        A.data()[i] = nd(rng);
-    for (int i = 0; i < Z.size(); ++i)
-        Z.data()[i] = nd(rng);
-    for (int i = 0; i < E.size(); ++i)
-        E.data()[i] = 0.1 * nd(rng);
-    Eigen::MatrixXd X = Z * A + E;
-    Eigen::MatrixXd H = X.transpose() * X;
-    return std::vector<double>(H.data(), H.data() + H.size());
-}
-
-double objective(const std::vector<float>& w, const std::vector<float>& q, int out, int n,
-                 const std::vector<double>& H) {
-    double s = 0;
-    for (int r = 0; r < out; ++r)
-        for (int i = 0; i < n; ++i)
-            for (int j = 0; j < n; ++j)
-                s += ((double)w[r * n + i] - q[r * n + i]) * H[(size_t)i * n + j] *
-                     ((double)w[r * n + j] - q[r * n + j]);
-    return s;
-}
 
 // Textbook OBS, one column at a time in double: quantize column j (in the given order), spread its error over the
 // remaining columns with the inverse of H restricted to them, recomputed from scratch for every column.
@@ -179,9 +148,9 @@ TEST(Gptq, ErrorBelowRtnAndReportedObjective) {
             GptqReport rep;
             auto       g   = gptq_quantize(W.data(), out, n, H, o, &rep);
             auto       r   = rtn_quantize(W.data(), out, n, o.grid);
-            double     eg  = objective(W, g.dequantize(), out, n, H);
-            double     er  = objective(W, r.dequantize(), out, n, H);
-            double     ref = objective(W, std::vector<float>(W.size(), 0.0f), out, n, H);
+            double     eg  = hessian_objective(W, g.dequantize(), out, n, H);
+            double     er  = hessian_objective(W, r.dequantize(), out, n, H);
+            double     ref = hessian_objective(W, std::vector<float>(W.size(), 0.0f), out, n, H);
             EXPECT_LT(eg, 0.8 * er) << "sym " << sym << " group " << group;
             EXPECT_NEAR(rep.error, eg, 1e-9 * ref);
             EXPECT_NEAR(rep.reference, ref, 1e-9 * ref);
