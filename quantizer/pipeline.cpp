@@ -3,17 +3,19 @@
 #include "engine/core/error.h"
 #include "engine/cpu/nbit_linear.h"
 #include "engine/cpu/binary_linear.h"
+#include "engine/cpu/vq_linear.h"
 #include "quantizer/calibration/capture.h"
 #include "quantizer/format/layer_checkpoint.h"
 #include "quantizer/methods/binarize.h"
 #include "quantizer/methods/gptq.h"
+#include "quantizer/methods/gptvq.h"
 #include "quantizer/methods/uniform_quant.h"
 
 #include <chrono>
 
 namespace moebius::quant {
 
-std::vector<std::string> quantize_methods() { return {"rtn", "gptq", "agq", "billm", "arb-x", "arb-rc"}; }
+std::vector<std::string> quantize_methods() { return {"rtn", "gptq", "agq", "gptvq", "billm", "arb-x", "arb-rc"}; }
 
 bool is_binary_method(const std::string& m) { return m == "billm" || m == "arb-x" || m == "arb-rc"; }
 
@@ -26,7 +28,13 @@ void validate_options(const QuantizeOptions& o, const ModelSpec& spec) {
         throw InputError("unknown method '" + o.method + "' (available: " + list + ")");
     }
     const bool binary = is_binary_method(o.method);
-    if (!binary && (o.bits < (o.method == "rtn" ? 1 : 2) || o.bits > 8))
+    if (o.method == "gptvq") {
+        if (o.vq_dim != 1 && o.vq_dim != 2 && o.vq_dim != 4)
+            throw InputError("--vq-dim must be 1, 2 or 4, got " + std::to_string(o.vq_dim));
+        if (o.bits < 1 || o.bits * o.vq_dim > 16)
+            throw InputError("--bits for gptvq must be ≥ 1 with bits·vq-dim ≤ 16 (at most 65536 centroids), got " +
+                             std::to_string(o.bits) + " with --vq-dim " + std::to_string(o.vq_dim));
+    } else if (!binary && (o.bits < (o.method == "rtn" ? 1 : 2) || o.bits > 8))
         throw InputError("--bits must be " + std::string(o.method == "rtn" ? "1" : "2") + "..8 for " + o.method +
                          ", got " + std::to_string(o.bits));
     if (o.group == 0 || o.group < -1) throw InputError("--group must be positive or -1 (per channel)");
@@ -35,7 +43,7 @@ void validate_options(const QuantizeOptions& o, const ModelSpec& spec) {
         const int in = spec.linear_shape(k).second;
         if (in <= 0) continue; // the family has no such linear
         // Binary methods work on blocks of 128 columns (the whole row when narrower).
-        const int g = binary ? std::min(128, in) : o.group;
+        const int g = binary ? std::min(128, in) : o.method == "gptvq" ? -1 : o.group;
         if (g > 0 && in % g)
             throw InputError((binary ? "block size " : "--group ") + std::to_string(g) + " does not divide the input size " +
                              std::to_string(in) + " of " + linear_kind_name(k));
@@ -90,6 +98,16 @@ struct LayerQuantizer {
             lin             = std::make_unique<BinaryLinear>(binarize(W.data(), out, in, *H, bo, &br));
             mr.rel_error    = br.rel_error;
             mr.nominal_bits = 1 + br.salient_fraction;
+        } else if (opt.method == "gptvq") {
+            MOEBIUS_ASSERT(H);
+            GptvqOptions vo;
+            vo.dim  = opt.vq_dim;
+            vo.bits = opt.bits;
+            vo.damp = opt.damp;
+            GptvqReport vr;
+            lin             = std::make_unique<VqLinear>(gptvq_quantize(W.data(), out, in, *H, vo, &vr));
+            mr.rel_error    = vr.rel_error;
+            mr.nominal_bits = opt.bits;
         } else if (opt.bits == 1) {
             lin             = std::make_unique<BinaryLinear>(rtn_binarize(W.data(), out, in, opt.group));
             mr.nominal_bits = 1;
@@ -158,6 +176,7 @@ nlohmann::ordered_json fingerprint(const Model& model, const CalibrationSet& cal
             {"method", opt.method},
             {"bits", opt.bits},
             {"group", opt.group},
+            {"vq_dim", opt.vq_dim},
             {"sym", opt.sym},
             {"act_order", opt.act_order},
             {"damp", opt.damp},
@@ -206,8 +225,9 @@ void quantize_layer_calibrated(LayerwiseRunner& run, LayerQuantizer& lq, const Q
             if (Ly.slot(k)) lq.quantize(Ly.slot(k), spec.linear_name(il, k), il, -1, st.ffn_in.n_tokens, &st.ffn_in.H);
     }
     CaptureOptions c;
-    c.attention = false;
-    c.affinity  = agq;
+    c.attention        = false;
+    c.affinity         = agq;
+    c.ffn_intermediate = false;
     LayerStats st = run.capture(c, sub(0.3, 0.6, "FFN inputs"));
     auto hessian = [&](const InputStats& s) -> const std::vector<double>& { return agq && s.affinity ? s.H_aff : s.H; };
     if (Ly.is_moe) {
@@ -237,6 +257,8 @@ void quantize_layer_calibrated(LayerwiseRunner& run, LayerQuantizer& lq, const Q
             lq.quantize(Ly.slot(k), spec.linear_name(il, k), il, -1, st.ffn_in.n_tokens, &st.ffn_in.H);
     }
     // Down projections see the outputs of the quantized gate/up.
+    c.ffn_inputs       = false;
+    c.ffn_intermediate = true;
     st = run.capture(c, sub(0.7, 0.9, "FFN intermediate"));
     if (Ly.is_moe) {
         for (int e = 0; e < spec.n_expert; ++e) {

@@ -16,9 +16,10 @@
 namespace moebius::quant {
 
 struct QuantizeOptions {
-    std::string method = "gptq"; // rtn | gptq | agq | billm | arb-x | arb-rc
+    std::string method = "gptq"; // rtn | gptq | agq | gptvq | billm | arb-x | arb-rc
     int         bits   = 4;      // uniform methods: 2..8 (rtn also 1: sign binarization); binary methods: ignored
     int         group  = 128;    // -1: per output channel (binary methods use blocks of min(128, in) columns)
+    int         vq_dim = 2;      // gptvq: vector dimension D ∈ {1, 2, 4}; --bits is bits per weight (2^(bits·D) centroids)
     bool        sym    = false;
     bool        act_order = false;
     double      damp   = 0.01;

@@ -24,5 +24,5 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 # Release pass only; every code path they use is exercised under ASan by smaller tests (perplexity, routing usage,
 # EBSS, GPTQ and binarization on short inputs).
 HEAVY='^(Cli\.PplOnTestTextMatchesReference|Routing\.UsageAgreesWithReferenceCounts|Ebss\.MoreBalancedThanRandomWindows'
-HEAVY+='|QuantizePipeline\.GptqBeatsRtnOnHeldOutText|QuantizePipeline\.BinaryMethodsBeatOneBitRtnAndMatchTheirExport)$'
+HEAVY+='|QuantizePipeline\.GptqBeatsRtnOnHeldOutText|QuantizePipeline\.BinaryMethodsBeatOneBitRtnAndMatchTheirExport|QuantizePipeline\.GptvqTwoBitBeatsRtnTwoBit)$'
 (cd build-asan && ctest --output-on-failure -j "$JOBS" -E "$HEAVY")

@@ -5,6 +5,7 @@
 #include "engine/core/weight_store.h"
 #include "engine/cpu/binary_linear.h"
 #include "engine/cpu/nbit_linear.h"
+#include "engine/cpu/vq_linear.h"
 
 #include <cstdint>
 #include <cstring>
@@ -105,6 +106,30 @@ std::unique_ptr<Linear> load_linear(const WeightStore& store, const ModelSpec& s
             p.col_scales = copy_as<uint16_t>(side(store, module + ".col_scales", DType::F16, {in, ns}));
         try {
             return std::make_unique<BinaryLinear>(in, out, std::move(p));
+        } catch (const FormatError& e) {
+            bad(e.what());
+        }
+    }
+    if (format == "vq") {
+        VqPacked p;
+        p.dim               = get_int("dim");
+        p.bits              = get_int("bits");
+        p.group_cols        = get_int("group_cols");
+        p.rows_per_codebook = get_int("rows_per_codebook");
+        const bool scaled   = get_bool("scales");
+        if (p.dim != 1 && p.dim != 2 && p.dim != 4) bad("dim must be 1, 2 or 4");
+        if (p.bits < 1 || p.bits * p.dim > 16) bad("bits·dim must be in 1..16 (at most 65536 centroids)");
+        if (p.group_cols <= 0 || p.group_cols % p.dim || in % p.group_cols)
+            bad("group_cols must be a multiple of dim dividing the input size " + std::to_string(in));
+        if (p.rows_per_codebook <= 0) bad("rows_per_codebook must be positive");
+        const int64_t ncb = (int64_t)((out + p.rows_per_codebook - 1) / p.rows_per_codebook) * (in / p.group_cols);
+        p.codes     = copy_as<uint8_t>(side(store, module + ".vq_codes", DType::U8,
+                                            {out, VqLinear::row_bytes(in, p.dim, p.bits)}));
+        p.codebooks = copy_as<uint16_t>(
+            side(store, module + ".vq_codebooks", DType::F16, {ncb, (int64_t)1 << (p.bits * p.dim), p.dim}));
+        if (scaled) p.scales = copy_as<uint16_t>(side(store, module + ".vq_scales", DType::F16, {out}));
+        try {
+            return std::make_unique<VqLinear>(in, out, std::move(p));
         } catch (const FormatError& e) {
             bad(e.what());
         }

@@ -1,7 +1,7 @@
 #pragma once
 // y (n, out) = x (n, in) · Wᵀ for packed weights that can only be read a row at a time: the caller's decode_row(o, dst)
 // writes row o of W (in floats) into dst. The whole matrix is never held in f32; rows are decoded into per-thread
-// buffers and used while they are hot. Shared by the quantized formats (NbitLinear, BinaryLinear).
+// buffers and used while they are hot. Shared by the quantized formats (NbitLinear, BinaryLinear, VqLinear).
 #include "engine/cpu/ops.h"
 
 #include <Eigen/Core>

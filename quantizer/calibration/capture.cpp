@@ -68,22 +68,23 @@ LayerStats LayerwiseRunner::capture(const CaptureOptions& opt, const ProgressFn&
         st.attn_out = InputStats(qd, false);
     }
     const bool gated_shared = L.shared_expert_gate != nullptr;
-    if (opt.ffn) {
+    const bool ffn_in = opt.ffn && opt.ffn_inputs, ffn_mid = opt.ffn && opt.ffn_intermediate;
+    const bool exp_in = opt.experts && opt.ffn_inputs, exp_mid = opt.experts && opt.ffn_intermediate;
+    if (ffn_in) {
         st.ffn_in = InputStats(H, false);
-        if (L.shared_gate) {
-            st.shared_mid = InputStats(spec.n_ff_shared, false);
-            if (opt.affinity) st.shared_in = InputStats(H, true);
-        }
+        if (L.shared_gate && opt.affinity) st.shared_in = InputStats(H, true);
+    }
+    if (ffn_mid) {
+        if (L.shared_gate) st.shared_mid = InputStats(spec.n_ff_shared, false);
         if (!L.is_moe) st.dense_mid = InputStats(spec.n_ff_dense, false);
     }
     if (L.is_moe) {
         st.expert_tokens.assign(spec.n_expert, 0);
         st.expert_weight_sum.assign(spec.n_expert, 0);
-        if (opt.experts)
-            for (int e = 0; e < spec.n_expert; ++e) {
-                st.expert_in.emplace_back(H, opt.affinity);
-                st.expert_mid.emplace_back(spec.n_ff_expert, opt.affinity);
-            }
+        if (exp_in)
+            for (int e = 0; e < spec.n_expert; ++e) st.expert_in.emplace_back(H, opt.affinity);
+        if (exp_mid)
+            for (int e = 0; e < spec.n_expert; ++e) st.expert_mid.emplace_back(spec.n_ff_expert, opt.affinity);
     }
     std::vector<float> sig;
     Hooks              hooks;
@@ -97,31 +98,31 @@ LayerStats LayerwiseRunner::capture(const CaptureOptions& opt, const ProgressFn&
             break;
         case LinearKind::Router:
         case LinearKind::DenseGate:
-            if (opt.ffn) st.ffn_in.add(e.x, e.n, nullptr);
+            if (ffn_in) st.ffn_in.add(e.x, e.n, nullptr);
             break;
         case LinearKind::SharedGate:
-            if (opt.ffn && opt.affinity && !gated_shared) st.shared_in.add(e.x, e.n, nullptr);
+            if (ffn_in && opt.affinity && !gated_shared) st.shared_in.add(e.x, e.n, nullptr);
             break;
         case LinearKind::SharedExpertGate:
-            if (opt.ffn && opt.affinity) {
+            if (ffn_in && opt.affinity) {
                 sig.resize(e.n);
                 for (int t = 0; t < e.n; ++t) sig[t] = cpu::sigmoid(e.y[t]);
                 st.shared_in.add(e.x, e.n, sig.data());
             }
             break;
         case LinearKind::SharedDown:
-            if (opt.ffn) st.shared_mid.add(e.x, e.n, nullptr);
+            if (ffn_mid) st.shared_mid.add(e.x, e.n, nullptr);
             break;
         case LinearKind::DenseDown:
-            if (opt.ffn) st.dense_mid.add(e.x, e.n, nullptr);
+            if (ffn_mid) st.dense_mid.add(e.x, e.n, nullptr);
             break;
         case LinearKind::ExpertGate:
             st.expert_tokens[e.expert] += e.n;
             for (int t = 0; t < e.n; ++t) st.expert_weight_sum[e.expert] += e.router_weight[t];
-            if (opt.experts) st.expert_in[e.expert].add(e.x, e.n, e.router_weight);
+            if (exp_in) st.expert_in[e.expert].add(e.x, e.n, e.router_weight);
             break;
         case LinearKind::ExpertDown:
-            if (opt.experts) st.expert_mid[e.expert].add(e.x, e.n, e.router_weight);
+            if (exp_mid) st.expert_mid[e.expert].add(e.x, e.n, e.router_weight);
             break;
         default: break;
         }

@@ -18,6 +18,11 @@ struct CaptureOptions {
     bool ffn       = true;  // router / shared / dense FFN inputs
     bool experts   = true;  // routed experts' inputs (gate/up) and intermediate (down)
     bool affinity  = false; // also Σ c x xᵀ: router weight for experts, sigmoid gate for Qwen2-MoE's shared expert
+    // Within ffn/experts: the inputs of router, gate and up (ffn_in, shared_in, expert_in) and the intermediate inputs
+    // of down (shared_mid, dense_mid, expert_mid). A quantizer needs them in two passes (down sees the quantized
+    // gate/up), so each pass can skip the half it does not use.
+    bool ffn_inputs       = true;
+    bool ffn_intermediate = true;
 };
 
 // Statistics of one decoder layer. Linears that share an input share one InputStats.
