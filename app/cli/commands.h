@@ -18,5 +18,6 @@ int cmd_routing_diff(const Argv& argv);
 int cmd_importance(const Argv& argv);
 int cmd_quantize(const Argv& argv);
 int cmd_export(const Argv& argv);
+int cmd_devices(const Argv& argv); // Vulkan devices; an error when built without MOEBIUS_VULKAN
 
 } // namespace moebius::cli

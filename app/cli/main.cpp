@@ -36,6 +36,8 @@ const Command k_commands[] = {
      "           [--max-shard-size MB] [--json]   (rtn --bits 1: sign binarization; interrupted runs resume)"},
     {"export", moebius::cli::cmd_export,
      "export QMODEL --dequantized OUT [--dtype bf16|f16|f32] [--max-shard-size MB] [--force]   plain HF checkpoint"},
+    {"devices", moebius::cli::cmd_devices,
+     "devices [--device INDEX|NAME] [--json]       Vulkan devices (type, driver, subgroup, limits, memory)"},
     {"importance", moebius::cli::cmd_importance,
      "importance [MODEL] --layer L --module M [--expert E] [--metric obs|hdiag|glas] (--text F | --ebss | --calib S)\n"
      "           [--out MAP.npy] [--max-size R,C] [--json]   weight importance map of one linear"},
