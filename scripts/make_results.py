@@ -37,6 +37,8 @@ CONFIGS = [
     ("AGQ + EBSS 2-bit g128", ["--method", "agq", "--bits", "2"], "ebss"),
     ("AGQ 3-bit g128, random windows", ["--method", "agq", "--bits", "3"], "random"),
     ("GPTQ 3-bit g128, EBSS set", ["--method", "gptq", "--bits", "3"], "ebss"),
+    ("GPTVQ 2-bit (D=2)", ["--method", "gptvq", "--bits", "2", "--vq-dim", "2"], "random"),
+    ("GPTVQ 3-bit (D=2)", ["--method", "gptvq", "--bits", "3", "--vq-dim", "2"], "random"),
     ("RTN 1-bit (sign, μ and α per 128 columns)", ["--method", "rtn", "--bits", "1"], None),
     ("BiLLM", ["--method", "billm"], "random"),
     ("ARB-X", ["--method", "arb-x"], "random"),
