@@ -31,8 +31,9 @@ void validate_options(const QuantizeOptions& o, const ModelSpec& spec) {
     if (o.method == "gptvq") {
         if (o.vq_dim != 1 && o.vq_dim != 2 && o.vq_dim != 4)
             throw InputError("--vq-dim must be 1, 2 or 4, got " + std::to_string(o.vq_dim));
-        if (o.bits < 1 || o.bits * o.vq_dim > 16)
-            throw InputError("--bits for gptvq must be ≥ 1 with bits·vq-dim ≤ 16 (at most 65536 centroids), got " +
+        if (o.vq_group_size < 0) throw InputError("--vq-group-size must be positive (0: automatic)");
+        if (o.bits < 1 || o.bits * o.vq_dim > 12)
+            throw InputError("--bits for gptvq must be ≥ 1 with bits·vq-dim ≤ 12 (at most 4096 centroids), got " +
                              std::to_string(o.bits) + " with --vq-dim " + std::to_string(o.vq_dim));
     } else if (!binary && (o.bits < (o.method == "rtn" ? 1 : 2) || o.bits > 8))
         throw InputError("--bits must be " + std::string(o.method == "rtn" ? "1" : "2") + "..8 for " + o.method +
@@ -102,8 +103,9 @@ struct LayerQuantizer {
             MOEBIUS_ASSERT(H);
             GptvqOptions vo;
             vo.dim  = opt.vq_dim;
-            vo.bits = opt.bits;
-            vo.damp = opt.damp;
+            vo.bits       = opt.bits;
+            vo.damp       = opt.damp;
+            vo.group_size = opt.vq_group_size > 0 ? opt.vq_group_size : 128 * opt.vq_dim * (1 << (opt.bits * opt.vq_dim));
             GptvqReport vr;
             lin             = std::make_unique<VqLinear>(gptvq_quantize(W.data(), out, in, *H, vo, &vr));
             mr.rel_error    = vr.rel_error;
@@ -177,6 +179,7 @@ nlohmann::ordered_json fingerprint(const Model& model, const CalibrationSet& cal
             {"bits", opt.bits},
             {"group", opt.group},
             {"vq_dim", opt.vq_dim},
+            {"vq_group_size", opt.vq_group_size},
             {"sym", opt.sym},
             {"act_order", opt.act_order},
             {"damp", opt.damp},

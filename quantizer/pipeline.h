@@ -20,6 +20,9 @@ struct QuantizeOptions {
     int         bits   = 4;      // uniform methods: 2..8 (rtn also 1: sign binarization); binary methods: ignored
     int         group  = 128;    // -1: per output channel (binary methods use blocks of min(128, in) columns)
     int         vq_dim = 2;      // gptvq: vector dimension D ∈ {1, 2, 4}; --bits is bits per weight (2^(bits·D) centroids)
+    // gptvq: weights per codebook; 0 = 128·K·D, so the f16 codebooks cost 1/8 bit per weight at any (bits, D) — the
+    // rule behind GPTVQ's released settings (D=1 b=2: 512, D=2 b=2: 4096, D=2 b=3: 16384).
+    int         vq_group_size = 0;
     bool        sym    = false;
     bool        act_order = false;
     double      damp   = 0.01;

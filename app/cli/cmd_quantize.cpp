@@ -44,7 +44,7 @@ std::string module_group(const std::string& name) {
 int cmd_quantize(const Argv& argv) {
     Args args(argv, {"json", "ebss", "force", "sym", "act-order", "quantize-router", "no-attention", "resume"},
               {"method", "bits", "group", "calib", "text", "samples", "seqlen", "seed", "out", "threads", "damp",
-               "beam", "tau", "max-shard-size", "vq-dim"});
+               "beam", "tau", "max-shard-size", "vq-dim", "vq-group-size"});
     apply_threads(args);
     auto dir = model_arg(args);
     auto out = args.get("out");
@@ -54,6 +54,7 @@ int cmd_quantize(const Argv& argv) {
     opt.bits               = (int)args.get_int("bits", 4, -1000, 1000);
     opt.group              = (int)args.get_int("group", 128, -1, 1 << 20);
     opt.vq_dim             = (int)args.get_int("vq-dim", 2, -1000, 1000);
+    opt.vq_group_size      = (int)args.get_int("vq-group-size", 0, -1, 1 << 30);
     opt.sym                = args.flag("sym");
     opt.act_order          = args.flag("act-order");
     opt.damp               = args.get_double("damp", 0.01, 0, 10);

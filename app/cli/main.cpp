@@ -32,8 +32,8 @@ const Command k_commands[] = {
      "routing-diff REF MODEL [--text FILE] [--seqlen L] [--json]   routing shift between two models"},
     {"quantize", moebius::cli::cmd_quantize,
      "quantize [MODEL] --method rtn|gptq|agq|gptvq|billm|arb-x|arb-rc [--bits B] [--group G] [--vq-dim D] [--sym]\n"
-     "           [--act-order] [--calib FILE | --ebss] [--samples N] [--seqlen L] [--seed S] --out DIR [--force] [--resume]\n"
-     "           [--max-shard-size MB] [--json]   (rtn --bits 1: sign binarization; interrupted runs resume)"},
+     "           [--vq-group-size N] [--act-order] [--calib FILE | --ebss] [--samples N] [--seqlen L] [--seed S]\n"
+     "           --out DIR [--force] [--resume] [--max-shard-size MB] [--json]   (rtn --bits 1: sign binarization; interrupted runs resume)"},
     {"export", moebius::cli::cmd_export,
      "export QMODEL --dequantized OUT [--dtype bf16|f16|f32] [--max-shard-size MB] [--force]   plain HF checkpoint"},
     {"devices", moebius::cli::cmd_devices,

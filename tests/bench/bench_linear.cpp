@@ -14,6 +14,7 @@
 #include "engine/cpu/binary_linear.h"
 #include "engine/cpu/linear.h"
 #include "engine/cpu/nbit_linear.h"
+#include "engine/cpu/vq_linear.h"
 
 #include <algorithm>
 #include <chrono>
@@ -58,6 +59,20 @@ moebius::BinaryWeights random_binary(int out, int in, int block, int salient_gro
     for (int i = 0; i < out * w.n_blocks() * w.n_slots(); ++i) w.row_scale.push_back(f16r(0.01f + 0.05f * u(rng)));
     for (int i = 0; i < out * w.n_blocks() * w.n_groups() && mean; ++i) w.row_mean.push_back(f16r(0.01f * u(rng)));
     for (int i = 0; i < in * w.n_slots() && col; ++i) w.col_scale.push_back(f16r(0.5f + u(rng)));
+    return w;
+}
+
+moebius::VqWeights random_vq(int out, int in, int dim, int bits, int group_size, bool scales, uint32_t seed) {
+    std::mt19937                          rng(seed);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    moebius::VqWeights                    w;
+    w.out = out, w.in = in, w.dim = dim, w.bits = bits, w.group_cols = 256;
+    w.rows_per_codebook = std::max(1, group_size / 256);
+    w.codebooks.resize((size_t)w.n_codebooks() * w.k() * dim);
+    for (auto& v : w.codebooks) v = f16r(0.05f * u(rng));
+    w.codes.resize((size_t)out * (in / dim));
+    for (auto& c : w.codes) c = (uint16_t)(rng() % w.k());
+    for (int o = 0; o < out && scales; ++o) w.scales.push_back(f16r(1.0f + 0.5f * u(rng)));
     return w;
 }
 
@@ -133,6 +148,14 @@ int main(int argc, char** argv) {
                                              random_binary(out, in, 128, 1, true, false, salient, 2))});
     fmts.push_back({"binary ARB-RC-like", std::make_unique<moebius::BinaryLinear>(
                                               random_binary(out, in, 128, 2, false, true, salient, 3))});
+    if (in % 256 == 0) {
+        using moebius::VqLinear;
+        fmts.push_back({"vq D2 2-bit", std::make_unique<VqLinear>(random_vq(out, in, 2, 2, 4096, false, 4))});
+        fmts.push_back({"vq D1 2-bit", std::make_unique<VqLinear>(random_vq(out, in, 1, 2, 512, false, 5))});
+        fmts.push_back({"vq D2 3-bit", std::make_unique<VqLinear>(random_vq(out, in, 2, 3, 16384, false, 6))});
+        fmts.push_back({"vq D4 2-bit", std::make_unique<VqLinear>(random_vq(out, in, 4, 2, 65536, false, 7))});
+        fmts.push_back({"vq D2 2-bit scales", std::make_unique<VqLinear>(random_vq(out, in, 2, 2, 4096, true, 8))});
+    }
 
     std::printf("W (%d, %d), %d OpenMP thread(s), salient fraction %.3f, %d rounds of >= %.0f ms\n", out, in,
                 omp_get_max_threads(), salient, rounds, min_ms);
