@@ -27,8 +27,8 @@ struct BinaryTensors {
     Buffer split, signs, signs2; // (out, row_bytes), (out, row_bytes), (out, row_bytes2) LSB-first bit rows
     Buffer sal_idx;              // (in) int32 rank of a salient column, −1 elsewhere
     Buffer row_scales;           // (out, n_blocks, n_slots) f16
-    Buffer row_means;            // (out, n_blocks, n_groups) f16, or a 4-byte placeholder
-    Buffer col_scales;           // (in, n_slots) f16, or a 4-byte placeholder
+    Buffer row_means;            // (out, n_blocks, n_groups) f16; a 4-byte dummy binding without means
+    Buffer col_scales;           // (in, n_slots) f16; a 4-byte dummy binding without column scales
 
     static BinaryTensors upload(Device& dev, const BinaryLinear& lin);
 };

@@ -8,6 +8,7 @@
 #include "engine/cpu/linear.h"
 #include "engine/cpu/model.h"
 #include "quantizer/format/checkpoint_writer.h"
+#include "checkpoint_test_util.h"
 #include "test_util.h"
 
 #include <algorithm>
@@ -22,6 +23,8 @@
 
 using namespace moebius;
 namespace fs = std::filesystem;
+using moebius::test::edit_config;
+using moebius::test::expect_load_error;
 
 namespace {
 
@@ -226,24 +229,6 @@ std::unique_ptr<Model> binary_model_written_to(const fs::path& dir) {
     wo.quantization = {{"method", "sign-test"}};
     quant::write_checkpoint(*m, test::bundled_model(), dir / "bin", wo);
     return m;
-}
-
-// Rewrites dir/config.json through `edit`.
-void edit_config(const fs::path& dir, const std::function<void(nlohmann::ordered_json&)>& edit) {
-    auto cfg = nlohmann::ordered_json::parse(test::read_text(dir / "config.json"));
-    edit(cfg);
-    std::ofstream(dir / "config.json") << cfg.dump(2);
-}
-
-// Model::load(dir) must throw FormatError whose message contains every string in `parts`.
-void expect_load_error(const fs::path& dir, std::initializer_list<std::string> parts) {
-    try {
-        Model::load(dir);
-        ADD_FAILURE() << "expected FormatError";
-    } catch (const FormatError& e) {
-        const std::string msg = e.what();
-        for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
-    }
 }
 
 } // namespace

@@ -12,6 +12,7 @@
 #include "quantizer/methods/gptvq.h"
 #include "quantizer/methods/uniform_quant.h"
 #include "quant_test_util.h"
+#include "checkpoint_test_util.h"
 #include "test_util.h"
 
 #include <cmath>
@@ -27,6 +28,8 @@ using moebius::test::correlated_h;
 using moebius::test::hessian_objective;
 using moebius::test::random_w;
 namespace fs = std::filesystem;
+using moebius::test::edit_config;
+using moebius::test::expect_load_error;
 
 namespace {
 
@@ -120,22 +123,6 @@ std::unique_ptr<Model> vq_model_written_to(const fs::path& dir) {
     wo.quantization = {{"method", "gptvq-test"}};
     quant::write_checkpoint(*m, test::bundled_model(), dir / "vq", wo);
     return m;
-}
-
-void edit_config(const fs::path& dir, const std::function<void(nlohmann::ordered_json&)>& edit) {
-    auto cfg = nlohmann::ordered_json::parse(test::read_text(dir / "config.json"));
-    edit(cfg);
-    std::ofstream(dir / "config.json") << cfg.dump(2);
-}
-
-void expect_load_error(const fs::path& dir, std::initializer_list<std::string> parts) {
-    try {
-        Model::load(dir);
-        ADD_FAILURE() << "expected FormatError";
-    } catch (const FormatError& e) {
-        const std::string msg = e.what();
-        for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
-    }
 }
 
 } // namespace
