@@ -13,6 +13,7 @@ Nothing here is tuned to the outcome: the options are the methods' defaults.
 """
 import argparse
 import datetime
+import fcntl
 import json
 import os
 import platform
@@ -113,10 +114,20 @@ def main():
         results[slug(name)] = row
         print(json.dumps(row), file=sys.stderr)
 
-    fp = results.get(slug(CONFIGS[0][0]), {}).get("ppl")
     machine = f"{platform.node()} ({os.cpu_count()} cores, {platform.machine()})"
-    with open(raw_path, "w") as f:
-        json.dump({"date": datetime.date.today().isoformat(), "machine": machine, "rows": results}, f, indent=1)
+    # Two `--only` runs may overlap (one per method family): re-read the file under a lock and replace just the rows
+    # this run measured, so neither loses the other's.
+    with open(raw_path + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if only and os.path.exists(raw_path):
+            with open(raw_path) as f:
+                fresh = json.load(f).get("rows", {})
+            fresh.update({k: v for k, v in results.items() if k in only})
+            results = fresh
+        with open(raw_path + ".tmp", "w") as f:
+            json.dump({"date": datetime.date.today().isoformat(), "machine": machine, "rows": results}, f, indent=1)
+        os.replace(raw_path + ".tmp", raw_path)
+    fp = results.get(slug(CONFIGS[0][0]), {}).get("ppl")
 
     lines = [
         "# Results on the bundled model",
