@@ -9,6 +9,7 @@ PKGS=(
   qt6-base-dev qt6-charts-dev libgl-dev
   libvulkan-dev vulkan-tools glslc spirv-tools mesa-vulkan-drivers
   xvfb xauth
+  dpkg-dev file
 )
 missing=()
 for p in "${PKGS[@]}"; do

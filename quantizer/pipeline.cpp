@@ -9,15 +9,18 @@
 #include "quantizer/methods/binarize.h"
 #include "quantizer/methods/gptq.h"
 #include "quantizer/methods/gptvq.h"
+#include "quantizer/methods/kbvq.h"
+#include "quantizer/methods/mobie.h"
 #include "quantizer/methods/uniform_quant.h"
 
 #include <chrono>
+#include <map>
 
 namespace moebius::quant {
 
-std::vector<std::string> quantize_methods() { return {"rtn", "gptq", "agq", "gptvq", "billm", "arb-x", "arb-rc"}; }
+std::vector<std::string> quantize_methods() { return {"rtn", "gptq", "agq", "gptvq", "kbvq", "billm", "arb-x", "arb-rc", "mobie"}; }
 
-bool is_binary_method(const std::string& m) { return m == "billm" || m == "arb-x" || m == "arb-rc"; }
+bool is_binary_method(const std::string& m) { return m == "billm" || m == "arb-x" || m == "arb-rc" || m == "mobie"; }
 
 void validate_options(const QuantizeOptions& o, const ModelSpec& spec) {
     bool known = false;
@@ -28,12 +31,22 @@ void validate_options(const QuantizeOptions& o, const ModelSpec& spec) {
         throw InputError("unknown method '" + o.method + "' (available: " + list + ")");
     }
     const bool binary = is_binary_method(o.method);
-    if (o.method == "gptvq") {
+    if (o.method == "mobie") {
+        if (o.mobie_core != "billm" && o.mobie_core != "arb" && o.mobie_core != "arb-x" && o.mobie_core != "arb-rc")
+            throw InputError("--core must be billm, arb, arb-x or arb-rc, got '" + o.mobie_core + "'");
+        if (o.cejd && (o.mobie_rank < 1 || o.mobie_rank > 4096))
+            throw InputError("--rank must be in 1..4096 for mobie, got " + std::to_string(o.mobie_rank));
+        if (o.nges_weight < 0) throw InputError("--nges-weight must not be negative");
+    }
+    const bool vq = o.method == "gptvq" || o.method == "kbvq";
+    if (o.method == "kbvq" && (o.kbvq_rank < 0 || o.kbvq_rank > 4096))
+        throw InputError("--rank must be in 0..4096, got " + std::to_string(o.kbvq_rank));
+    if (vq) {
         if (o.vq_dim != 1 && o.vq_dim != 2 && o.vq_dim != 4)
             throw InputError("--vq-dim must be 1, 2 or 4, got " + std::to_string(o.vq_dim));
         if (o.vq_group_size < 0) throw InputError("--vq-group-size must be positive (0: automatic)");
         if (o.bits < 1 || o.bits * o.vq_dim > 12)
-            throw InputError("--bits for gptvq must be ≥ 1 with bits·vq-dim ≤ 12 (at most 4096 centroids), got " +
+            throw InputError("--bits for " + o.method + " must be ≥ 1 with bits·vq-dim ≤ 12 (at most 4096 centroids), got " +
                              std::to_string(o.bits) + " with --vq-dim " + std::to_string(o.vq_dim));
     } else if (!binary && (o.bits < (o.method == "rtn" ? 1 : 2) || o.bits > 8))
         throw InputError("--bits must be " + std::string(o.method == "rtn" ? "1" : "2") + "..8 for " + o.method +
@@ -44,7 +57,7 @@ void validate_options(const QuantizeOptions& o, const ModelSpec& spec) {
         const int in = spec.linear_shape(k).second;
         if (in <= 0) continue; // the family has no such linear
         // Binary methods work on blocks of 128 columns (the whole row when narrower).
-        const int g = binary ? std::min(128, in) : o.method == "gptvq" ? -1 : o.group;
+        const int g = binary ? std::min(128, in) : vq ? -1 : o.group;
         if (g > 0 && in % g)
             throw InputError((binary ? "block size " : "--group ") + std::to_string(g) + " does not divide the input size " +
                              std::to_string(in) + " of " + linear_kind_name(k));
@@ -68,6 +81,12 @@ nlohmann::ordered_json QuantizeReport::to_json() const {
             {{"name", m.name}, {"tokens", m.tokens}, {"rel_error", m.rel_error}, {"bits", 8.0 * m.bytes / m.weights}});
     }
     j["per_layer"] = layers;
+    if (!moe_output_bias.empty()) {
+        auto b = nlohmann::ordered_json::array();
+        for (const auto& m : moe_output_bias)
+            b.push_back({{"layer", m.layer}, {"tokens", m.tokens}, {"before", m.before}, {"after", m.after}, {"rms", m.rms}});
+        j["moe_output_bias"] = b;
+    }
     return j;
 }
 
@@ -77,6 +96,8 @@ struct LayerQuantizer {
     Model&                 model;
     const QuantizeOptions& opt;
     QuantizeReport&        report;
+    // Binarizer saliency row weights by module name (MoBiE's GLAS), set per layer; none: all rows weigh 1.
+    std::map<std::string, std::vector<float>> row_weights;
 
     // Quantizes the linear in `slot` with the Hessian H (in, in) (may be empty for RTN).
     void quantize(std::unique_ptr<Linear>& slot, const std::string& name, int layer, int expert, int64_t tokens,
@@ -89,17 +110,36 @@ struct LayerQuantizer {
         mr.expert = expert;
         mr.tokens = tokens;
         std::unique_ptr<Linear> lin;
+        if (opt.method == "mobie" && opt.cejd && opt.cejd_all && expert < 0 && H) {
+            // MoBiE outside the routed experts: a group of one (mobie.h). The linears that write into the residual
+            // stream take the output side, with NGES's metric of the router that reads it next (o_proj: this
+            // layer's; the FFN's down: the next layer's).
+            const auto&  spec  = model.spec();
+            const bool   o     = name == spec.linear_name(layer, LinearKind::O);
+            const bool   down  = !o && name.size() >= 10 && name.compare(name.size() - 10, 10, ".down_proj") == 0;
+            const int    next  = o ? layer : layer + 1;
+            std::vector<double> M;
+            if (opt.nges && (o || down) && next < spec.n_layer) {
+                if (!model.layer_loaded(next)) model.load_layer(next);
+                M = nges_metric(model.layer(next), {}, opt.nges_weight);
+            }
+            lin = mobie_single(W, out, in, *H, tokens, !(o || down), M, opt, name, mr);
+            slot = std::move(lin);
+            report.modules.push_back(mr);
+            return;
+        }
         if (is_binary_method(opt.method)) {
             MOEBIUS_ASSERT(H); // calibrated methods always pass a Hessian
             BinarizeOptions bo;
-            bo.method = opt.method;
+            bo.method = opt.method == "mobie" ? opt.mobie_core : opt.method;
+            if (auto it = row_weights.find(name); it != row_weights.end() && !it->second.empty()) bo.row_weight = &it->second;
             bo.block  = std::min(128, in);
             bo.damp   = opt.damp;
             BinarizeReport br;
             lin             = std::make_unique<BinaryLinear>(binarize(W.data(), out, in, *H, bo, &br));
             mr.rel_error    = br.rel_error;
             mr.nominal_bits = 1 + br.salient_fraction;
-        } else if (opt.method == "gptvq") {
+        } else if (opt.method == "gptvq" || opt.method == "kbvq") { // kbvq: the linears outside routed experts
             MOEBIUS_ASSERT(H);
             GptvqOptions vo;
             vo.dim  = opt.vq_dim;
@@ -180,6 +220,8 @@ nlohmann::ordered_json fingerprint(const Model& model, const CalibrationSet& cal
             {"group", opt.group},
             {"vq_dim", opt.vq_dim},
             {"vq_group_size", opt.vq_group_size},
+            {"kbvq", {opt.kbvq_rank, opt.idre, opt.bcos, opt.bcos_bias, opt.bcos_gamma}},
+            {"mobie", {opt.mobie_core, opt.mobie_rank, opt.cejd, opt.cejd_refit, opt.cejd_all, opt.glas, opt.nges, opt.nges_weight}},
             {"sym", opt.sym},
             {"act_order", opt.act_order},
             {"damp", opt.damp},
@@ -194,7 +236,7 @@ nlohmann::ordered_json fingerprint(const Model& model, const CalibrationSet& cal
 
 // The calibrated methods' work on the runner's current layer (GPTQ order: attention, router, FFN in, FFN mid).
 void quantize_layer_calibrated(LayerwiseRunner& run, LayerQuantizer& lq, const QuantizeOptions& opt,
-                               QuantizeReport& rep, const ProgressFn& progress) {
+                               QuantizeReport& rep, const GradientStats* grads, const ProgressFn& progress) {
     Model&      model = run.model();
     const auto& spec  = model.spec();
     const int   L     = spec.n_layer;
@@ -210,6 +252,12 @@ void quantize_layer_calibrated(LayerwiseRunner& run, LayerQuantizer& lq, const Q
             return true;
         };
     };
+    lq.row_weights.clear();
+    if (opt.method == "mobie" && opt.glas) // the routed experts (the other linears measured better without)
+        Ly.for_each_linear([&](LinearKind k, int e, const std::unique_ptr<Linear>& slot) {
+            if (is_expert_kind(k))
+                lq.row_weights[spec.linear_name(il, k, e)] = glas_row_weight(grads, il, k, e, slot->out_features());
+        });
     if (opt.quantize_attention) {
         CaptureOptions c;
         c.ffn = c.experts = false;
@@ -233,6 +281,12 @@ void quantize_layer_calibrated(LayerwiseRunner& run, LayerQuantizer& lq, const Q
     c.ffn_intermediate = false;
     LayerStats st = run.capture(c, sub(0.3, 0.6, "FFN inputs"));
     auto hessian = [&](const InputStats& s) -> const std::vector<double>& { return agq && s.affinity ? s.H_aff : s.H; };
+    // KBVQ quantizes a layer's routed experts of one kind jointly and keeps their FP weights for BCOS.
+    std::unique_ptr<KbvqLayer> kbvq;
+    if (opt.method == "kbvq" && Ly.is_moe) kbvq = std::make_unique<KbvqLayer>(model, il, opt);
+    // MoBiE with CEJD quantizes a layer's routed experts of one kind jointly (shared basis).
+    std::unique_ptr<MobieLayer> mobie;
+    if (opt.method == "mobie" && opt.cejd && Ly.is_moe) mobie = std::make_unique<MobieLayer>(model, il, opt, grads);
     if (Ly.is_moe) {
         std::vector<std::vector<double>> Hreg(spec.n_expert);
         for (int e = 0; e < spec.n_expert; ++e) {
@@ -243,13 +297,22 @@ void quantize_layer_calibrated(LayerwiseRunner& run, LayerQuantizer& lq, const Q
                 Hreg[e] = regularised(hessian(s), s.dim, s.n_tokens, &st.ffn_in, opt.min_expert_tokens);
             }
         }
+        std::vector<const std::vector<double>*> Hs(spec.n_expert);
+        std::vector<int64_t>                    ntok(spec.n_expert);
         for (int e = 0; e < spec.n_expert; ++e) {
             prog(0.6, "experts gate/up");
             const InputStats& s = st.expert_in[e];
-            const auto*       H = Hreg[e].empty() ? &hessian(s) : &Hreg[e];
-            for (LinearKind k : {LinearKind::ExpertGate, LinearKind::ExpertUp})
-                lq.quantize(Ly.slot(k, e), spec.linear_name(il, k, e), il, e, s.n_tokens, H);
+            Hs[e]               = Hreg[e].empty() ? &hessian(s) : &Hreg[e];
+            ntok[e]             = s.n_tokens;
+            if (!kbvq && !mobie)
+                for (LinearKind k : {LinearKind::ExpertGate, LinearKind::ExpertUp})
+                    lq.quantize(Ly.slot(k, e), spec.linear_name(il, k, e), il, e, s.n_tokens, Hs[e]);
         }
+        if (kbvq)
+            for (LinearKind k : {LinearKind::ExpertGate, LinearKind::ExpertUp}) kbvq->quantize(k, Hs, ntok, rep);
+        if (mobie)
+            for (LinearKind k : {LinearKind::ExpertGate, LinearKind::ExpertUp})
+                mobie->quantize(k, Hs, ntok, st.ffn_in.H, st.ffn_in.n_tokens, rep);
         if (Ly.shared_gate)
             for (LinearKind k : {LinearKind::SharedGate, LinearKind::SharedUp}) {
                 const InputStats* s = st.for_linear(k);
@@ -264,17 +327,29 @@ void quantize_layer_calibrated(LayerwiseRunner& run, LayerQuantizer& lq, const Q
     c.ffn_intermediate = true;
     st = run.capture(c, sub(0.7, 0.9, "FFN intermediate"));
     if (Ly.is_moe) {
+        std::vector<std::vector<double>>        Hreg(spec.n_expert);
+        std::vector<const std::vector<double>*> Hs(spec.n_expert);
+        std::vector<int64_t>                    ntok(spec.n_expert);
         for (int e = 0; e < spec.n_expert; ++e) {
             const InputStats& s = st.expert_mid[e];
-            std::vector<double> Hreg;
             if (s.n_tokens < opt.min_expert_tokens)
-                Hreg = regularised(hessian(s), s.dim, s.n_tokens, nullptr, opt.min_expert_tokens);
-            lq.quantize(Ly.slot(LinearKind::ExpertDown, e), spec.linear_name(il, LinearKind::ExpertDown, e), il, e,
-                        s.n_tokens, Hreg.empty() ? &hessian(s) : &Hreg);
+                Hreg[e] = regularised(hessian(s), s.dim, s.n_tokens, nullptr, opt.min_expert_tokens);
+            Hs[e]   = Hreg[e].empty() ? &hessian(s) : &Hreg[e];
+            ntok[e] = s.n_tokens;
+            if (!kbvq && !mobie)
+                lq.quantize(Ly.slot(LinearKind::ExpertDown, e), spec.linear_name(il, LinearKind::ExpertDown, e), il, e,
+                            s.n_tokens, Hs[e]);
         }
+        if (kbvq) kbvq->quantize(LinearKind::ExpertDown, Hs, ntok, rep);
+        if (mobie) mobie->quantize(LinearKind::ExpertDown, Hs, ntok, {}, 0, rep);
         if (Ly.shared_down)
             lq.quantize(Ly.shared_down, spec.linear_name(il, LinearKind::SharedDown), il, -1, st.shared_mid.n_tokens,
                         &st.shared_mid.H);
+        if (kbvq && opt.bcos) {
+            prog(0.9, "BCOS");
+            const BcosFit::Result b = kbvq->fit_bcos(run, rep);
+            rep.moe_output_bias.push_back({il, b.tokens, b.bias_before, b.bias_after, b.rms_output});
+        }
     } else {
         lq.quantize(Ly.dense_down, spec.linear_name(il, LinearKind::DenseDown), il, -1, st.dense_mid.n_tokens,
                     &st.dense_mid.H);
@@ -296,6 +371,16 @@ QuantizeReport quantize_model(Model& model, const CalibrationSet& calib, const Q
     if (!opt.work_dir.empty()) saved = std::make_unique<LayerCheckpoints>(opt.work_dir, fingerprint(model, calib, opt), opt.resume);
     const int resumed = saved ? saved->saved_layers() : 0;
 
+    // MoBiE's GLAS: loss gradients of the FP model on the calibration set, before any layer is replaced (the backward
+    // pass needs every layer resident).
+    std::unique_ptr<GradientStats> grads;
+    if (opt.method == "mobie" && opt.glas && resumed < L) {
+        for (int il = 0; il < L; ++il) model.load_layer(il);
+        grads = std::make_unique<GradientStats>(collect_gradient_stats(model, calib, [&](const Progress& p) {
+            report_progress(progress, 0.0, "GLAS: " + p.stage);
+            return true;
+        }));
+    }
     std::unique_ptr<LayerwiseRunner> run;
     if (!rtn) run = std::make_unique<LayerwiseRunner>(model, calib);
     for (int il = 0; il < L; ++il) {
@@ -313,7 +398,7 @@ QuantizeReport quantize_model(Model& model, const CalibrationSet& calib, const Q
                 if (selected(kind, opt)) lq.quantize(slot, spec.linear_name(il, kind, e), il, e, 0, nullptr);
             });
         } else {
-            quantize_layer_calibrated(*run, lq, opt, rep, progress);
+            quantize_layer_calibrated(*run, lq, opt, rep, grads.get(), progress);
             run->advance(nullptr, [&](const Progress& p) {
                 report_progress(progress, (il + 0.9 + 0.1 * p.fraction) / L,
                                 "layer " + std::to_string(il + 1) + "/" + std::to_string(L) + ": propagating");

@@ -23,6 +23,25 @@ struct QuantizeOptions {
     // gptvq: weights per codebook; 0 = 128·K·D, so the f16 codebooks cost 1/8 bit per weight at any (bits, D) — the
     // rule behind GPTVQ's released settings (D=1 b=2: 512, D=2 b=2: 4096, D=2 b=3: 16384).
     int         vq_group_size = 0;
+    // kbvq (methods.md §2): routed experts get IDRE (a shared rank-kbvq_rank basis, 8-bit per-expert coefficients)
+    // + GPTVQ of the residual + BCOS (per-layer channel affine of the experts' aggregate; bcos_bias adds β);
+    // every other linear is GPTVQ-quantized with the same vq_dim / bits / vq_group_size.
+    int         kbvq_rank = 4;
+    bool        idre      = true;
+    bool        bcos      = true;
+    bool        bcos_bias = true;
+    bool        bcos_gamma = true; // false: β only (γ = 1)
+    // mobie (methods.md §1, quantizer/methods/mobie.h): the binarizer core for every linear (billm | arb | arb-x |
+    // arb-rc), GLAS row weights, and for routed experts CEJD (rank-mobie_rank shared bases, 8-bit coefficients refit
+    // after binarizing the residual) with NGES's router-aware output metric for down (weight nges_weight).
+    std::string mobie_core  = "arb-rc";
+    int         mobie_rank  = 16;
+    bool        cejd        = true;
+    bool        cejd_refit  = true;
+    bool        cejd_all    = false; // also attention and shared experts, each its own group (measured worse)
+    bool        glas        = true;
+    bool        nges        = true;
+    double      nges_weight = 1.0;
     bool        sym    = false;
     bool        act_order = false;
     double      damp   = 0.01;
@@ -56,6 +75,14 @@ struct QuantizeReport {
         int64_t tokens;
     };
     std::vector<Undercalibrated> undercalibrated; // experts quantized with a regularised Hessian
+    struct MoeOutputBias {
+        int     layer;
+        int64_t tokens;
+        // Mean over channels of |E_t[y_fp − ŷ]| of the routed experts' aggregate before / after BCOS (after: on the
+        // calibration fold the fit did not see), and the aggregate's RMS for scale.
+        double before, after, rms;
+    };
+    std::vector<MoeOutputBias> moe_output_bias; // kbvq with BCOS: one per MoE layer
     double seconds = 0;
     nlohmann::ordered_json to_json() const;
 };

@@ -40,10 +40,32 @@ CONFIGS = [
     ("GPTQ 3-bit g128, EBSS set", ["--method", "gptq", "--bits", "3"], "ebss"),
     ("GPTVQ 2-bit (D=2)", ["--method", "gptvq", "--bits", "2", "--vq-dim", "2"], "random"),
     ("GPTVQ 3-bit (D=2)", ["--method", "gptvq", "--bits", "3", "--vq-dim", "2"], "random"),
+    # KBVQ-MoE: IDRE rank 2 (8-bit coefficients) and BCOS paid for with 4× larger VQ codebook groups than GPTVQ's.
+    ("KBVQ 2-bit (D=2, r=2, VQ group 16384)",
+     ["--method", "kbvq", "--bits", "2", "--vq-dim", "2", "--rank", "2", "--vq-group-size", "16384"], "random"),
+    ("KBVQ 2-bit without IDRE",
+     ["--method", "kbvq", "--bits", "2", "--vq-dim", "2", "--no-idre", "--vq-group-size", "16384"], "random"),
+    ("KBVQ 2-bit without BCOS",
+     ["--method", "kbvq", "--bits", "2", "--vq-dim", "2", "--rank", "2", "--vq-group-size", "16384", "--no-bcos"],
+     "random"),
+    ("KBVQ 3-bit (D=2, r=2, VQ group 65536)",
+     ["--method", "kbvq", "--bits", "3", "--vq-dim", "2", "--rank", "2", "--vq-group-size", "65536"], "random"),
+    ("KBVQ 3-bit without IDRE",
+     ["--method", "kbvq", "--bits", "3", "--vq-dim", "2", "--no-idre", "--vq-group-size", "65536"], "random"),
+    ("KBVQ 3-bit without BCOS",
+     ["--method", "kbvq", "--bits", "3", "--vq-dim", "2", "--rank", "2", "--vq-group-size", "65536", "--no-bcos"],
+     "random"),
     ("RTN 1-bit (sign, μ and α per 128 columns)", ["--method", "rtn", "--bits", "1"], None),
     ("BiLLM", ["--method", "billm"], "random"),
     ("ARB-X", ["--method", "arb-x"], "random"),
     ("ARB-RC", ["--method", "arb-rc"], "random"),
+    # MoBiE: ARB-RC's binarizer core; routed experts get CEJD (rank 16, residual without salient columns), GLAS
+    # and NGES. Each ablation removes one component (the refit is CEJD's coefficient update after binarization).
+    ("MoBiE", ["--method", "mobie"], "random"),
+    ("MoBiE without CEJD", ["--method", "mobie", "--no-cejd"], "random"),
+    ("MoBiE without CEJD's refit", ["--method", "mobie", "--no-refit"], "random"),
+    ("MoBiE without GLAS", ["--method", "mobie", "--no-glas"], "random"),
+    ("MoBiE without NGES", ["--method", "mobie", "--no-nges"], "random"),
 ]
 
 
@@ -105,6 +127,8 @@ def main():
             row.update({k: q[k] for k in ("bits_per_weight", "nominal_bits", "model_bits_per_param", "bytes",
                                           "quantize_seconds", "seconds", "peak_rss_mib", "calibration_tokens")})
             row["undercalibrated_experts"] = len(q["undercalibrated_experts"])
+            if "moe_output_bias" in q:  # KBVQ's BCOS: per-layer MoE output bias before / after (held-out fold)
+                row["moe_output_bias"] = q["moe_output_bias"]
             row["calibration"] = cal or "none"
             d = run([mb, "routing-diff", model, path, "--json"] + th, log)
             row.update({"shift_rate": d["shift_rate"], "top1_flip_rate": d["top1_flip_rate"], "router_kl": d["router_kl"]})

@@ -1,3 +1,4 @@
+#include "app/cli/backend.h"
 #include "app/cli/cli_common.h"
 #include "app/cli/commands.h"
 #include "engine/core/chat_template.h"
@@ -14,7 +15,7 @@ namespace moebius::cli {
 int cmd_generate(const Argv& argv) {
     Args args(argv, {"json", "chat", "raw"},
               {"prompt", "system", "max-tokens", "temperature", "top-k", "top-p", "min-p", "repetition-penalty",
-               "seed", "threads"});
+               "seed", "threads", "backend", "device"});
     apply_threads(args);
     auto dir    = model_arg(args);
     auto prompt = args.get("prompt");
@@ -61,12 +62,15 @@ int cmd_generate(const Argv& argv) {
     const bool json = args.flag("json");
     StreamingDecoder dec(tok);
     std::string      out;
-    auto res = generate(*model, ids, opt, [&](int32_t t) {
+    auto on_token = [&](int32_t t) {
         std::string piece = dec.push(t);
         out += piece;
         if (!json) std::cout << piece << std::flush;
         return true;
-    });
+    };
+    const int n_ctx = std::min((int)ids.size() + opt.max_tokens, std::max(spec.max_position, (int)ids.size() + 1));
+    auto      gpu   = open_backend(args, *model, n_ctx, "generate");
+    auto res = gpu ? gpu->generate(ids, opt, on_token) : generate(*model, ids, opt, on_token);
     std::string tail = dec.flush();
     out += tail;
     if (!json) {

@@ -1,3 +1,4 @@
+#include "app/cli/backend.h"
 #include "app/cli/cli_common.h"
 #include "app/cli/commands.h"
 #include "engine/core/resources.h"
@@ -11,7 +12,7 @@
 namespace moebius::cli {
 
 int cmd_ppl(const Argv& argv) {
-    Args args(argv, {"json", "quiet"}, {"text", "seqlen", "threads", "max-windows"});
+    Args args(argv, {"json", "quiet"}, {"text", "seqlen", "threads", "max-windows", "backend", "device"});
     apply_threads(args);
     auto dir    = model_arg(args);
     auto file   = args.get_or("text", (resources_dir() / "corpus" / "test.txt").string());
@@ -23,10 +24,12 @@ int cmd_ppl(const Argv& argv) {
     int64_t   max_w = args.get_int("max-windows", 0, 0, 1 << 30);
     if (max_w > 0 && (int64_t)ids.size() > max_w * seqlen) ids.resize(max_w * seqlen);
     const bool show = !args.flag("json") && !args.flag("quiet");
-    auto r = perplexity(*model, ids, seqlen, [&](const Progress& p) {
+    auto progress = [&](const Progress& p) {
         if (show) std::cerr << "\r" << p.stage << "   " << std::flush;
         return true;
-    });
+    };
+    auto gpu = open_backend(args, *model, seqlen, "ppl");
+    auto r   = gpu ? gpu->perplexity(ids, seqlen, progress) : perplexity(*model, ids, seqlen, progress);
     if (show) std::cerr << "\r" << std::string(40, ' ') << "\r";
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     nlohmann::ordered_json j;

@@ -42,9 +42,10 @@ std::string module_group(const std::string& name) {
 } // namespace
 
 int cmd_quantize(const Argv& argv) {
-    Args args(argv, {"json", "ebss", "force", "sym", "act-order", "quantize-router", "no-attention", "resume"},
+    Args args(argv, {"json", "ebss", "force", "sym", "act-order", "quantize-router", "no-attention", "resume", "no-idre",
+                     "no-bcos", "no-bcos-bias", "no-bcos-gamma", "no-cejd", "no-glas", "no-nges", "no-refit", "cejd-all"},
               {"method", "bits", "group", "calib", "text", "samples", "seqlen", "seed", "out", "threads", "damp",
-               "beam", "tau", "max-shard-size", "vq-dim", "vq-group-size"});
+               "beam", "tau", "max-shard-size", "vq-dim", "vq-group-size", "rank", "core", "nges-weight"});
     apply_threads(args);
     auto dir = model_arg(args);
     auto out = args.get("out");
@@ -55,6 +56,19 @@ int cmd_quantize(const Argv& argv) {
     opt.group              = (int)args.get_int("group", 128, -1, 1 << 20);
     opt.vq_dim             = (int)args.get_int("vq-dim", 2, -1000, 1000);
     opt.vq_group_size      = (int)args.get_int("vq-group-size", 0, -1, 1 << 30);
+    opt.kbvq_rank          = (int)args.get_int("rank", 4, -1000, 1 << 20);
+    opt.idre               = !args.flag("no-idre");
+    opt.bcos               = !args.flag("no-bcos");
+    opt.bcos_bias          = !args.flag("no-bcos-bias");
+    opt.bcos_gamma         = !args.flag("no-bcos-gamma");
+    opt.mobie_core         = args.get_or("core", "arb-rc");
+    opt.mobie_rank         = (int)args.get_int("rank", 16, -1000, 1 << 20);
+    opt.cejd               = !args.flag("no-cejd");
+    opt.cejd_refit         = !args.flag("no-refit");
+    opt.cejd_all           = args.flag("cejd-all");
+    opt.glas               = !args.flag("no-glas");
+    opt.nges               = !args.flag("no-nges");
+    opt.nges_weight        = args.get_double("nges-weight", 1.0, 0, 1e6);
     opt.sym                = args.flag("sym");
     opt.act_order          = args.flag("act-order");
     opt.damp               = args.get_double("damp", 0.01, 0, 10);
@@ -152,6 +166,7 @@ int cmd_quantize(const Argv& argv) {
     auto r                       = rep.to_json();
     j["undercalibrated_experts"] = r["undercalibrated_experts"];
     j["per_layer"]               = r["per_layer"];
+    if (r.contains("moe_output_bias")) j["moe_output_bias"] = r["moe_output_bias"];
     if (args.flag("json")) {
         print_json(j);
         return 0;

@@ -1,5 +1,6 @@
 #include "app/cli/cli_common.h"
 #include "app/cli/commands.h"
+#include "engine/core/error.h"
 #include "engine/core/resources.h"
 #include "engine/core/tokenizer.h"
 #include "engine/cpu/model.h"
@@ -14,7 +15,7 @@ namespace moebius::cli {
 int cmd_tasks(const Argv& argv);
 
 int cmd_tasks(const Argv& argv) {
-    Args args(argv, {"json", "quiet"}, {"tasks", "limit", "threads"});
+    Args args(argv, {"json", "quiet"}, {"tasks", "limit", "threads", "backend", "device"});
     apply_threads(args);
     auto dir   = model_arg(args);
     auto file  = args.get_or("tasks", (resources_dir() / "tasks" / "kjv-cloze-test.jsonl").string());
@@ -25,6 +26,15 @@ int cmd_tasks(const Argv& argv) {
     if (limit > 0 && (int64_t)items.size() > limit) items.resize(limit);
     Tokenizer  tok   = Tokenizer::from_file(dir / "tokenizer.json");
     auto       model = Model::load(dir);
+    // evaluate_mc drives Model::forward with KV-cache rewinds; it has no Vulkan path yet.
+    const auto backend = args.get_or("backend", "cpu");
+    if (backend == "vulkan")
+        std::cerr << "[vulkan backend unavailable (multiple-choice scoring has no Vulkan path yet); tasks runs on the CPU]"
+                  << std::endl;
+    else if (backend != "cpu")
+        throw InputError("--backend must be cpu or vulkan, not '" + backend + "'");
+    else if (args.get("device"))
+        throw InputError("--device needs --backend vulkan");
     const bool show  = !args.flag("json") && !args.flag("quiet");
     auto r = evaluate_mc(*model, tok, items, [&](const Progress& p) {
         if (show) std::cerr << "\r" << p.stage << "   " << std::flush;

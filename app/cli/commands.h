@@ -18,6 +18,7 @@ int cmd_routing_diff(const Argv& argv);
 int cmd_importance(const Argv& argv);
 int cmd_quantize(const Argv& argv);
 int cmd_export(const Argv& argv);
-int cmd_devices(const Argv& argv); // Vulkan devices; an error when built without MOEBIUS_VULKAN
+int cmd_devices(const Argv& argv);
+int cmd_bench(const Argv& argv);   // prefill / decode speed on the CPU or Vulkan backend // Vulkan devices; an error when built without MOEBIUS_VULKAN
 
 } // namespace moebius::cli

@@ -21,8 +21,9 @@ const Command k_commands[] = {
     {"forward", moebius::cli::cmd_forward, "forward [MODEL] --ids 1,2,3 [--json]         logits and routed experts"},
     {"generate", moebius::cli::cmd_generate,
      "generate [MODEL] --prompt STR [--chat] [--system STR] [--max-tokens N] [--temperature T] [--top-k K]\n"
-     "           [--top-p P] [--min-p P] [--repetition-penalty R] [--seed S] [--json]   stream a completion"},
-    {"ppl", moebius::cli::cmd_ppl, "ppl [MODEL] [--text FILE] [--seqlen N] [--json]     perplexity"},
+     "           [--top-p P] [--min-p P] [--repetition-penalty R] [--seed S] [--backend cpu|vulkan [--device SEL]] [--json]\n"
+     "           stream a completion"},
+    {"ppl", moebius::cli::cmd_ppl, "ppl [MODEL] [--text FILE] [--seqlen N] [--backend cpu|vulkan [--device SEL]] [--json]     perplexity"},
     {"tasks", moebius::cli::cmd_tasks,
      "tasks [MODEL] [--tasks FILE.jsonl] [--limit N] [--json]   zero-shot multiple-choice accuracy (acc, acc_norm)"},
     {"calibrate", moebius::cli::cmd_calibrate,
@@ -31,11 +32,17 @@ const Command k_commands[] = {
     {"routing-diff", moebius::cli::cmd_routing_diff,
      "routing-diff REF MODEL [--text FILE] [--seqlen L] [--json]   routing shift between two models"},
     {"quantize", moebius::cli::cmd_quantize,
-     "quantize [MODEL] --method rtn|gptq|agq|gptvq|billm|arb-x|arb-rc [--bits B] [--group G] [--vq-dim D] [--sym]\n"
+     "quantize [MODEL] --method rtn|gptq|agq|gptvq|kbvq|billm|arb-x|arb-rc|mobie [--bits B] [--group G] [--vq-dim D] [--sym]\n"
+     "           [--rank R] [--no-idre] [--no-bcos] [--no-bcos-bias]   (kbvq)\n"
+     "           [--core billm|arb|arb-x|arb-rc] [--rank R] [--no-cejd] [--no-refit] [--cejd-all] [--no-glas] [--no-nges]\n"
+     "           [--nges-weight W]   (mobie)\n"
      "           [--vq-group-size N] [--act-order] [--calib FILE | --ebss] [--samples N] [--seqlen L] [--seed S]\n"
      "           --out DIR [--force] [--resume] [--max-shard-size MB] [--json]   (rtn --bits 1: sign binarization; interrupted runs resume)"},
     {"export", moebius::cli::cmd_export,
      "export QMODEL --dequantized OUT [--dtype bf16|f16|f32] [--max-shard-size MB] [--force]   plain HF checkpoint"},
+    {"bench", moebius::cli::cmd_bench,
+     "bench [MODEL] [--prompt-tokens N] [--gen-tokens N] [--backend cpu|vulkan [--device SEL]] [--json]\n"
+     "           prefill / decode tokens per second (greedy), and dispatches per token on Vulkan"},
     {"devices", moebius::cli::cmd_devices,
      "devices [--device INDEX|NAME] [--json]       Vulkan devices (type, driver, subgroup, limits, memory)"},
     {"importance", moebius::cli::cmd_importance,

@@ -128,8 +128,8 @@ bool f16_exact(float v) { return std::isfinite(v) && f16_to_f32(f32_to_f16(v)) =
 void BinaryWeights::validate() const {
     auto fail = [](const std::string& m) { throw InputError("binary weights: " + m); };
     if (out <= 0 || in <= 0) fail("bad shape (" + std::to_string(out) + ", " + std::to_string(in) + ")");
-    if (salient_groups != 1 && salient_groups != 2)
-        fail("salient_groups must be 1 or 2, got " + std::to_string(salient_groups));
+    if (salient_groups < 0 || salient_groups > 2)
+        fail("salient_groups must be 0, 1 or 2, got " + std::to_string(salient_groups));
     if (block <= 0 || in % block != 0)
         fail("block " + std::to_string(block) + " does not divide the input dimension " + std::to_string(in));
     const size_t oi = (size_t)out * in, nb = (size_t)n_blocks();
@@ -146,8 +146,10 @@ void BinaryWeights::validate() const {
     size_is("row_scale", row_scale.size(), (size_t)out * nb * n_slots());
     size_is("row_mean", row_mean.size(), has_mean ? (size_t)out * nb * n_groups() : 0);
     size_is("col_scale", col_scale.size(), has_col_scale ? (size_t)in * n_slots() : 0);
-    for (int j = 0; j < in; ++j)
+    for (int j = 0; j < in; ++j) {
         if (salient[j] > 1) fail("salient[" + std::to_string(j) + "] is " + std::to_string(salient[j]) + ", not 0/1");
+        if (salient[j] && salient_groups == 0) fail("column " + std::to_string(j) + " is salient but salient_groups is 0");
+    }
     for (size_t i = 0; i < oi; ++i) {
         const int j = (int)(i % in);
         if (split[i] > 1) fail("split bit " + std::to_string(split[i]) + " at element " + std::to_string(i));
@@ -248,8 +250,8 @@ int BinaryLinear::count_salient(std::span<const uint8_t> bitmap, int in) {
 void BinaryLinear::init() {
     auto fail = [](const std::string& m) { throw FormatError("binary linear: " + m); };
     if (in_ <= 0 || out_ <= 0) fail("bad shape (" + std::to_string(out_) + ", " + std::to_string(in_) + ")");
-    if (p_.salient_groups != 1 && p_.salient_groups != 2)
-        fail("salient_groups must be 1 or 2, got " + std::to_string(p_.salient_groups));
+    if (p_.salient_groups < 0 || p_.salient_groups > 2)
+        fail("salient_groups must be 0, 1 or 2, got " + std::to_string(p_.salient_groups));
     if (p_.block <= 0 || in_ % p_.block != 0)
         fail("block size " + std::to_string(p_.block) + " does not divide the input dimension " + std::to_string(in_));
     row_bytes_ = bit_bytes(in_);
@@ -259,6 +261,8 @@ void BinaryLinear::init() {
     sal_cols_.clear();
     for (int j = 0; j < in_; ++j)
         if (get_bit(p_.salient.data(), j)) sal_cols_.push_back(j);
+    if (p_.salient_groups == 0 && !sal_cols_.empty())
+        fail(std::to_string(sal_cols_.size()) + " salient columns in the bitmap, but salient_groups is 0");
     row_bytes2_ = bit_bytes((int64_t)sal_cols_.size());
     sal_blk_.resize(sal_cols_.size());
     sal_off_.assign((size_t)n_blocks() + 1, 0);

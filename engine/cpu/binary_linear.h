@@ -24,7 +24,7 @@ namespace moebius {
 struct BinaryWeights {
     int  out = 0, in = 0;
     int  block          = 128;   // divides in
-    int  salient_groups = 1;     // 1 (BiLLM) or 2 (ARB's column-group bitmap)
+    int  salient_groups = 1;     // 1 (BiLLM), 2 (ARB's column-group bitmap), 0: no salient columns (MoBiE's residuals)
     bool has_mean       = true;  // false for ARB-RC
     bool has_col_scale  = false; // true for ARB-RC
     std::vector<uint8_t> salient;   // (in) 1: the column is salient (order 2)

@@ -4,6 +4,8 @@
 #include "engine/core/error.h"
 #include "engine/core/weight_store.h"
 #include "engine/cpu/binary_linear.h"
+#include "engine/cpu/cejd_linear.h"
+#include "engine/cpu/kbvq_linear.h"
 #include "engine/cpu/nbit_linear.h"
 #include "engine/cpu/vq_linear.h"
 
@@ -46,6 +48,11 @@ std::vector<float> load_f32_checked(const WeightStore& store, const std::string&
     return store.to_f32(name);
 }
 
+namespace {
+std::unique_ptr<Linear> load_packed_linear(const WeightStore& store, const std::string& cfg, const std::string& module,
+                                           int out, int in, const nlohmann::json* q);
+}
+
 std::unique_ptr<Linear> load_linear(const WeightStore& store, const ModelSpec& spec, const std::string& module, int out,
                                     int in) {
     const nlohmann::json* q = nullptr;
@@ -56,7 +63,15 @@ std::unique_ptr<Linear> load_linear(const WeightStore& store, const ModelSpec& s
     if (!q) {
         return std::make_unique<DenseLinear>(in, out, load_f32_checked(store, module + ".weight", {out, in}));
     }
-    const std::string cfg = (spec.dir / "config.json").string();
+    return load_packed_linear(store, (spec.dir / "config.json").string(), module, out, in, q);
+}
+
+namespace {
+
+// A packed linear of `module` from its quantization_config entry q (cfg: the config file, for messages). Nested formats
+// (cejd's residual and factors) come back here with their own entries and tensor prefixes.
+std::unique_ptr<Linear> load_packed_linear(const WeightStore& store, const std::string& cfg, const std::string& module,
+                                           int out, int in, const nlohmann::json* q) {
     auto bad = [&](const std::string& m) { throw FormatError(cfg + ": quantization_config.modules['" + module + "']: " + m); };
     if (!q->is_object() || !q->contains("format") || !(*q)["format"].is_string()) bad("missing \"format\"");
     const std::string format = (*q)["format"];
@@ -91,7 +106,7 @@ std::unique_ptr<Linear> load_linear(const WeightStore& store, const ModelSpec& s
         p.has_mean       = get_bool("mean");
         p.has_col_scale  = get_bool("col_scale");
         if (p.block <= 0 || in % p.block) bad("block_size must divide the input size " + std::to_string(in));
-        if (p.salient_groups != 1 && p.salient_groups != 2) bad("salient_groups must be 1 or 2");
+        if (p.salient_groups < 0 || p.salient_groups > 2) bad("salient_groups must be 0, 1 or 2");
         const int64_t rb = BinaryLinear::bit_bytes(in), nb = in / p.block, ng = 2 + p.salient_groups,
                       ns = 2 + 2 * p.salient_groups;
         p.salient = copy_as<uint8_t>(side(store, module + ".salient", DType::U8, {rb}));
@@ -110,7 +125,7 @@ std::unique_ptr<Linear> load_linear(const WeightStore& store, const ModelSpec& s
             bad(e.what());
         }
     }
-    if (format == "vq") {
+    auto read_vq = [&] {
         VqPacked p;
         p.dim               = get_int("dim");
         p.bits              = get_int("bits");
@@ -128,14 +143,74 @@ std::unique_ptr<Linear> load_linear(const WeightStore& store, const ModelSpec& s
         p.codebooks = copy_as<uint16_t>(
             side(store, module + ".vq_codebooks", DType::F16, {ncb, (int64_t)1 << (p.bits * p.dim), p.dim}));
         if (scaled) p.scales = copy_as<uint16_t>(side(store, module + ".vq_scales", DType::F16, {out}));
+        return p;
+    };
+    if (format == "vq") {
+        VqPacked p = read_vq();
         try {
             return std::make_unique<VqLinear>(in, out, std::move(p));
         } catch (const FormatError& e) {
             bad(e.what());
         }
     }
+    if (format == "kbvq") {
+        // Routed-expert group member: own residual + coefficients; the group's basis, γ and β live with the owner.
+        KbvqPacked p;
+        p.vq   = read_vq();
+        p.rank = get_int("rank");
+        const bool biased = get_bool("bias");
+        if (!q->contains("shared") || !(*q)["shared"].is_string()) bad("missing string \"shared\"");
+        p.owner    = (*q)["shared"].get<std::string>();
+        p.is_owner = p.owner == module;
+        if (p.rank < 0 || p.rank > std::min(out, in)) bad("rank must be in 0..min(out, in)");
+        p.coef        = copy_as<int8_t>(side(store, module + ".kbvq_coef", DType::I8, {p.rank, in}));
+        p.coef_scales = copy_as<uint16_t>(side(store, module + ".kbvq_coef_scales", DType::F16, {p.rank}));
+        auto sh       = std::make_shared<KbvqShared>();
+        sh->rank      = p.rank;
+        auto f16s     = [&](const std::string& n, std::vector<int64_t> shape) {
+            std::vector<float> v;
+            for (uint16_t h : copy_as<uint16_t>(side(store, p.owner + n, DType::F16, std::move(shape))))
+                v.push_back(f16_to_f32(h));
+            return v;
+        };
+        sh->basis = f16s(".kbvq_basis", {out, p.rank});
+        sh->gamma = f16s(".kbvq_gamma", {out});
+        if (biased) sh->beta = f16s(".kbvq_beta", {out});
+        try {
+            return std::make_unique<KbvqLinear>(in, out, std::move(p), std::move(sh));
+        } catch (const FormatError& e) {
+            bad(e.what());
+        }
+    }
+    if (format == "cejd") {
+        const int rank = get_int("rank");
+        if (rank <= 0) bad("rank must be positive");
+        if (!q->contains("side") || !(*q)["side"].is_string() || ((*q)["side"] != "input" && (*q)["side"] != "output"))
+            bad("\"side\" must be \"input\" or \"output\"");
+        if (!q->contains("owner") || !(*q)["owner"].is_string()) bad("missing string \"owner\"");
+        const bool        input_side = (*q)["side"] == "input";
+        const std::string owner      = (*q)["owner"];
+        auto part = [&](const char* key, const std::string& prefix, int o, int i) -> std::unique_ptr<Linear> {
+            if (!q->contains(key) || !(*q)[key].is_object()) bad(std::string("missing object \"") + key + "\"");
+            const nlohmann::json& sub = (*q)[key];
+            if (sub.value("format", "") == "cejd") bad(std::string("\"") + key + "\" cannot be cejd again");
+            return load_packed_linear(store, cfg, prefix, o, i, &sub);
+        };
+        auto residual = part("residual", module, out, in);
+        auto coef     = input_side ? part("coef", module + ".cejd_coef", out, rank) : part("coef", module + ".cejd_coef", rank, in);
+        std::shared_ptr<const Linear> basis = input_side ? part("basis", owner + ".cejd_basis", rank, in)
+                                                         : part("basis", owner + ".cejd_basis", out, rank);
+        try {
+            return std::make_unique<CejdLinear>(std::move(residual), std::move(coef), std::move(basis), input_side, owner,
+                                                owner == module);
+        } catch (const InputError& e) {
+            bad(e.what());
+        }
+    }
     bad("unknown format '" + format + "'");
     return nullptr;
 }
+
+} // namespace
 
 } // namespace moebius

@@ -2,6 +2,7 @@
 
 #include "engine/core/error.h"
 #include "engine/core/weight_store.h"
+#include "engine/cpu/cejd_linear.h"
 #include "engine/cpu/linear_loader.h"
 #include "engine/cpu/ops.h"
 
@@ -428,6 +429,28 @@ void Model::moe_ffn(int il, const float* hn, int n, const int* positions, const 
             routed += (int64_t)buckets[e].tok.size();
         }
 
+    // MoBiE's shared bases (cejd_linear.h), applied once per token instead of once per expert: gate/up's z = B x for
+    // all tokens before the experts, down's B (Σ_e g_e C_e h_e) after the weighted sum. With statistics hooks the
+    // per-expert down outputs must be complete, so down then takes the per-expert path (same values, other rounding).
+    auto shared_cejd = [&](int k, bool input_side) -> const CejdLinear* {
+        const CejdLinear* first = nullptr;
+        for (const auto& ex : L.experts) {
+            const auto* c = dynamic_cast<const CejdLinear*>(ex[k].get());
+            if (!c || c->input_side() != input_side || (first && c->owner() != first->owner())) return nullptr;
+            if (!first) first = c;
+        }
+        return first;
+    };
+    const CejdLinear*  cin[2] = {shared_cejd(0, true), shared_cejd(1, true)};
+    const CejdLinear*  cdown  = hooks && hooks->on_linear ? nullptr : shared_cejd(2, false);
+    std::vector<float> zin[2]; // (n, r) per kind
+    for (int k = 0; k < 2; ++k)
+        if (cin[k]) {
+            zin[k].resize((size_t)n * cin[k]->rank());
+            cin[k]->basis()->forward(hn, n, zin[k].data());
+        }
+    std::vector<std::vector<float>> cz(E); // [expert] (m, r): down's C h when cdown
+
     // Experts run concurrently (their matmuls single-threaded inside); small layers stay on one thread.
 #pragma omp parallel for schedule(dynamic) if (active.size() > 1 && routed * 3 * H * F >= (1 << 20))
     for (size_t ai = 0; ai < active.size(); ++ai) {
@@ -440,10 +463,29 @@ void Model::moe_ffn(int il, const float* hn, int n, const int* positions, const 
         b.u.resize((size_t)m * F);
         b.h.resize((size_t)m * F);
         b.y.resize((size_t)m * H);
-        ex[0]->forward(b.x.data(), m, b.g.data());
-        ex[1]->forward(b.x.data(), m, b.u.data());
+        for (int k = 0; k < 2; ++k) {
+            float* dst = k == 0 ? b.g.data() : b.u.data();
+            if (!cin[k]) {
+                ex[k]->forward(b.x.data(), m, dst);
+                continue;
+            }
+            const auto&        c  = static_cast<const CejdLinear&>(*ex[k]);
+            const int          rk = c.rank();
+            std::vector<float> z((size_t)m * rk), t((size_t)m * F); // (m, r), (m, F)
+            for (int r = 0; r < m; ++r) std::copy_n(zin[k].data() + (int64_t)b.tok[r] * rk, rk, z.data() + (int64_t)r * rk);
+            c.residual().forward(b.x.data(), m, dst);
+            c.coef().forward(z.data(), m, t.data());
+            for (size_t i = 0; i < t.size(); ++i) dst[i] += t[i];
+        }
         cpu::silu_mul(b.g.data(), b.u.data(), m, F, b.h.data());
-        ex[2]->forward(b.h.data(), m, b.y.data());
+        if (cdown) {
+            const auto& c = static_cast<const CejdLinear&>(*ex[2]);
+            c.residual().forward(b.h.data(), m, b.y.data());
+            cz[active[ai]].resize((size_t)m * c.rank());
+            c.coef().forward(b.h.data(), m, cz[active[ai]].data());
+        } else {
+            ex[2]->forward(b.h.data(), m, b.y.data());
+        }
     }
 
     // Combine in ascending expert order (deterministic, and the order transformers accumulates in).
@@ -464,6 +506,20 @@ void Model::moe_ffn(int il, const float* hn, int n, const int* positions, const 
             const float* y = b.y.data() + (int64_t)r * H;
             for (int d = 0; d < H; ++d) o[d] += b.w[r] * y[d];
         }
+    }
+    if (cdown) {
+        const int          rk = cdown->rank();
+        std::vector<float> acc((size_t)n * rk, 0.f), t((size_t)n * H); // (n, r) Σ_e g_e C_e h_e, (n, H)
+        for (int e : active) {
+            const Bucket& b = buckets[e];
+            for (size_t r = 0; r < b.tok.size(); ++r) {
+                float*       a = acc.data() + (int64_t)b.tok[r] * rk;
+                const float* z = cz[e].data() + (int64_t)r * rk;
+                for (int k = 0; k < rk; ++k) a[k] += b.w[r] * z[k];
+            }
+        }
+        cdown->basis()->forward(acc.data(), n, t.data());
+        for (size_t i = 0; i < t.size(); ++i) out[i] += t[i];
     }
 
     if (L.shared_gate) {

@@ -98,6 +98,7 @@ public:
     const LayerWeights& layer(int il) const { return layers_[il]; }
     // Read access for the backward pass (engine/cpu/backward.cpp).
     const std::vector<float>& final_norm() const { return final_norm_; }   // (n_embd)
+    const std::vector<float>& embeddings() const { return embed_; }        // (n_vocab, n_embd), for GPU upload
     const Linear&             lm_head() const { return *lm_head_; }        // (n_vocab, n_embd)
     const std::vector<float>& rope_inv_freq() const { return inv_freq_; }  // (head_dim/2)
     int64_t             storage_bytes() const;

@@ -67,9 +67,9 @@ class VqLinear final : public Linear {
     int       rows_per_codebook() const { return p_.rows_per_codebook; }
     int       n_codebooks() const;
     bool      has_scales() const { return !p_.scales.empty(); }
+    void      decode_row(int o, float* dst) const; // row o (in), exactly as dequantize(); thread-safe
 
   private:
-    void decode_row(int o, float* dst) const; // row o (in), exactly as dequantize()
 
     VqPacked           p_;          // codes carry kSlack extra zero bytes at the end
     int64_t            row_bytes_;

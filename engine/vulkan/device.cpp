@@ -286,6 +286,7 @@ Device::Device(const std::string& selector, bool force_staging) : inst_(std::mak
 }
 
 Device::~Device() {
+    dummy_ = Buffer{}; // before the VkDevice goes
     pipelines_.clear();
     if (cache_) vkDestroyPipelineCache(dev_, cache_, nullptr);
     if (dev_) vkDestroyDevice(dev_, nullptr);
@@ -370,6 +371,11 @@ void Device::download(const Buffer& src, void* dst, uint64_t bytes, uint64_t src
     cl.copy(src, staging, bytes, src_off, 0);
     cl.submit_and_wait();
     std::memcpy(dst, staging.mapped(), bytes);
+}
+
+const Buffer& Device::dummy() {
+    if (!dummy_) dummy_ = create_buffer(4);
+    return dummy_;
 }
 
 const Pipeline& Device::pipeline(const std::string& shader, uint32_t n_bindings, uint32_t push_bytes,

@@ -201,6 +201,9 @@ class Device {
         return b;
     }
 
+    // A 4-byte buffer bound where a shader's optional input is switched off by a specialization constant.
+    const Buffer& dummy();
+
     // Pipelines are built once per (shader, specialization constants) and kept; the VkPipelineCache is shared.
     const Pipeline& pipeline(const std::string& shader, uint32_t n_bindings, uint32_t push_bytes,
                              std::vector<uint32_t> spec = {});
@@ -220,6 +223,7 @@ class Device {
     bool                             staging_ = false;
     VkPhysicalDeviceMemoryProperties mem_{};
     VkPipelineCache                  cache_ = VK_NULL_HANDLE;
+    Buffer                           dummy_;
     std::map<std::pair<std::string, std::vector<uint32_t>>, std::unique_ptr<Pipeline>> pipelines_;
 };
 

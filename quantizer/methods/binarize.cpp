@@ -614,10 +614,11 @@ void rc_fit(const Grouped& gb, int g, int iters, Fitted& f, int threads, double*
     }
 }
 
-BinaryWeights empty_weights(int out, int in, int block, Method m) {
+BinaryWeights empty_weights(int out, int in, int block, Method m, bool salient = true) {
     BinaryWeights bw;
     bw.out = out, bw.in = in, bw.block = block;
-    bw.salient_groups = m == Method::billm ? 1 : 2;
+    // Without salient columns the format drops their slots (salient_groups 0).
+    bw.salient_groups = !salient ? 0 : m == Method::billm ? 1 : 2;
     bw.has_mean       = m != Method::arb_rc;
     bw.has_col_scale  = m == Method::arb_rc;
     bw.salient.assign(in, 0);
@@ -775,7 +776,7 @@ BinaryWeights binarize(const float* W, int out, int in, const std::vector<double
     const int               n = in, B = o.block, nb = n / B, threads = n_threads();
     const std::vector<char> dead = dead_columns(H, n);
     const PreparedHessian   ph   = prepare_hessian(H, n, dead, o.damp, nullptr, threads, "binarize");
-    BinaryWeights           bw   = empty_weights(out, n, B, m);
+    BinaryWeights           bw   = empty_weights(out, n, B, m, std::min(o.max_salient, B) >= 2);
 
     RowMat w(out, n); // (out, n) error-updated weights; dead columns are zero (their input is)
     for (int r = 0; r < out; ++r)

@@ -5,13 +5,15 @@
 // W is (out, in) = (1408, 2048) by default: a Qwen1.5-MoE-A2.7B expert's gate/up projection. Formats: dense f32
 // (DenseLinear), 4-bit groups of 128 (NbitLinear), and BinaryLinear with block 128 in two configurations: BiLLM-like
 // (salient_groups 1, means, no column scales) and ARB-RC-like (salient_groups 2, no means, column scales), each with a
-// fraction `--salient` of salient columns. Weights and inputs are random (fixed seeds): the kernels' speed does not
-// depend on the values. For each token count the formats are timed interleaved, round by round (one timing of each
-// format per round), so load from other processes hits all of them alike; a timing is the mean over as many calls as
-// fit in --min-ms. Reported: the best round of each format and its ratio to dense, plus the median of the per-round
-// ratios (the number to trust on a shared machine).
+// fraction `--salient` of salient columns; when `in` is a multiple of 256, VqLinear codebook GEMVs and a KbvqLinear
+// (2-bit D2 residual + rank-4 shared basis, 8-bit coefficients, γ, β). Weights and inputs are random (fixed seeds): the
+// kernels' speed does not depend on the values. For each token count the formats are timed interleaved, round by round
+// (one timing of each format per round), so load from other processes hits all of them alike; a timing is the mean over
+// as many calls as fit in --min-ms. Reported: the best round of each format and its ratio to dense, plus the median of
+// the per-round ratios (the number to trust on a shared machine).
 #include "engine/core/dtype.h"
 #include "engine/cpu/binary_linear.h"
+#include "engine/cpu/kbvq_linear.h"
 #include "engine/cpu/linear.h"
 #include "engine/cpu/nbit_linear.h"
 #include "engine/cpu/vq_linear.h"
@@ -155,6 +157,18 @@ int main(int argc, char** argv) {
         fmts.push_back({"vq D2 3-bit", std::make_unique<VqLinear>(random_vq(out, in, 2, 3, 16384, false, 6))});
         fmts.push_back({"vq D4 2-bit", std::make_unique<VqLinear>(random_vq(out, in, 4, 2, 65536, false, 7))});
         fmts.push_back({"vq D2 2-bit scales", std::make_unique<VqLinear>(random_vq(out, in, 2, 2, 4096, true, 8))});
+        // KBVQ: the D2 2-bit residual + a rank-4 shared basis with 8-bit coefficients + γ and β (counted as the
+        // group owner, i.e. with the shared arrays).
+        auto sh  = std::make_shared<moebius::KbvqShared>();
+        sh->rank = 4;
+        for (int i = 0; i < out * 4; ++i) sh->basis.push_back(f16r(0.1f * nd(rng)));
+        for (int i = 0; i < out; ++i) sh->gamma.push_back(f16r(1.0f + nd(rng))), sh->beta.push_back(f16r(nd(rng)));
+        moebius::KbvqPacked kp;
+        kp.rank = 4, kp.is_owner = true, kp.owner = "bench";
+        for (int i = 0; i < 4 * in; ++i) kp.coef.push_back((int8_t)(rng() % 255 - 127));
+        for (int k = 0; k < 4; ++k) kp.coef_scales.push_back(moebius::f32_to_f16(0.001f));
+        fmts.push_back({"kbvq D2 2-bit r4", std::make_unique<moebius::KbvqLinear>(random_vq(out, in, 2, 2, 4096, false, 9),
+                                                                                   std::move(kp), sh)});
     }
 
     std::printf("W (%d, %d), %d OpenMP thread(s), salient fraction %.3f, %d rounds of >= %.0f ms\n", out, in,

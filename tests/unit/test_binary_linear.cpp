@@ -541,7 +541,13 @@ TEST(BinaryLinear, LoaderRejectsInconsistentCheckpoints) {
     config_case("bs-zero", [](auto& q) { q["block_size"] = 0; }, "block_size must divide");
     config_case("bs-string", [](auto& q) { q["block_size"] = "128"; }, "block_size");
     config_case("sg-missing", [](auto& q) { q.erase("salient_groups"); }, "salient_groups");
-    config_case("sg-bad", [](auto& q) { q["salient_groups"] = 3; }, "salient_groups must be 1 or 2");
+    config_case("sg-bad", [](auto& q) { q["salient_groups"] = 3; }, "salient_groups must be 0, 1 or 2");
+    {
+        // 0 (no salient columns) implies fewer coefficient slots than this checkpoint's tensors hold.
+        auto d = fresh("sg-zero");
+        edit_config(d, [&](auto& cfg) { cfg["quantization_config"]["modules"][q0]["salient_groups"] = 0; });
+        expect_load_error(d, {q0 + ".row_scales", "[256, 2, 2]"});
+    }
     config_case("mean-missing", [](auto& q) { q.erase("mean"); }, "\"mean\"");
     config_case("col-int", [](auto& q) { q["col_scale"] = 1; }, "\"col_scale\"");
 

@@ -1,0 +1,281 @@
+#include "engine/vulkan/model_ops.h"
+
+#include "engine/core/error.h"
+#include "engine/cpu/nbit_linear.h"
+#include "engine/cpu/vq_linear.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace moebius::vk {
+
+namespace {
+
+uint32_t ceil_div(int64_t a, int64_t b) { return (uint32_t)((a + b - 1) / b); }
+
+// Rows over grid x and y (each ≤ 65535 workgroups on many devices), as ops.cpp does.
+std::pair<uint32_t, uint32_t> row_grid(int64_t rows) {
+    const uint32_t x = (uint32_t)std::min<int64_t>(std::max<int64_t>(rows, 1), 65535);
+    return {x, (uint32_t)((rows + x - 1) / x)};
+}
+
+void check_grid(Device& dev, int64_t n, const char* what) {
+    if (n > (int64_t)dev.info().max_workgroup_count[1])
+        throw UnsupportedError(std::string("vulkan: ") + what + ": " + std::to_string(n) +
+                               " tokens exceed the device's grid limit");
+}
+
+const Buffer& or_dummy(Device& dev, const Buffer* b) { return b ? *b : dev.dummy(); }
+
+// Workgroup of the row-reduction kernels. A CPU device (lavapipe) runs a workgroup as SIMD-width slices switched at
+// every barrier, so the fewer slices the better: one subgroup, no shared-memory tree beyond it. GPUs keep the
+// device's reduction workgroup (≥ 64 lanes to hide memory latency).
+uint32_t row_wg(Device& dev) {
+    if (dev.info().type == "cpu") return std::max<uint32_t>(dev.info().subgroup_size, 8);
+    return dev.reduction_workgroup();
+}
+
+template <class T> Buffer upload_words(Device& dev, const std::vector<T>& v, uint64_t slack = 0) {
+    const uint64_t bytes = v.size() * sizeof(T);
+    // A weight set is one binding: refuse it here, at upload, rather than at the first dispatch.
+    if (bytes + slack > dev.max_binding_bytes())
+        throw UnsupportedError("vulkan: a weight set of " + std::to_string(bytes >> 20) +
+                               " MiB exceeds the device's largest binding (" +
+                               std::to_string(dev.max_binding_bytes() >> 20) + " MiB); splitting is not implemented");
+    Buffer         b     = dev.create_buffer(std::max<uint64_t>(4, (bytes + slack + 3) / 4 * 4));
+    if (bytes) dev.upload(b, v.data(), bytes);
+    return b;
+}
+
+// A format the runner dequantizes must be a plain linear map: forward(x) = x · dequantize()ᵀ. A format whose forward
+// adds something else (a bias, a transform outside the weight) would be silently wrong on the GPU, so it is refused
+// here (UnsupportedError: the caller falls back to the CPU). Checked on one probe row, to f32 rounding.
+void check_linear_map(const Linear& l, const std::vector<float>& w) {
+    const int          in = l.in_features(), out = l.out_features();
+    std::vector<float> x(in), y(out);
+    for (int j = 0; j < in; ++j) x[j] = (float)((j * 2654435761u) % 1000) / 500.f - 1.f;
+    l.forward(x.data(), 1, y.data());
+    for (int o = 0; o < out; ++o) {
+        double ref = 0, mag = 0;
+        for (int j = 0; j < in; ++j) {
+            ref += (double)w[(size_t)o * in + j] * x[j];
+            mag += std::fabs((double)w[(size_t)o * in + j] * x[j]);
+        }
+        if (std::fabs(y[o] - ref) > 1e-4 * mag + 1e-6)
+            throw UnsupportedError("vulkan: format '" + l.format() +
+                                   "': its forward is not x·Wᵀ of its dequantized weight, and the runner has no kernel "
+                                   "for it");
+    }
+}
+
+} // namespace
+
+QWeights QWeights::upload(Device& dev, const std::vector<const Linear*>& linears, int out) {
+    MOEBIUS_ASSERT(!linears.empty() && out > 0);
+    QWeights q;
+    q.in         = linears[0]->in_features();
+    int64_t rows = 0;
+    for (const Linear* l : linears) {
+        MOEBIUS_ASSERT(l->in_features() == q.in);
+        rows += l->out_features();
+    }
+    MOEBIUS_ASSERT(rows % out == 0);
+    q.out    = out;
+    q.n_mats = (int)(rows / out);
+
+    const auto* first  = dynamic_cast<const NbitLinear*>(linears[0]);
+    bool        nbit   = first != nullptr;
+    bool        all_fp = true;
+    for (const Linear* l : linears) {
+        const auto* nb = dynamic_cast<const NbitLinear*>(l);
+        nbit           = nbit && nb && nb->bits() == first->bits() && nb->group() == first->group();
+        all_fp         = all_fp && l->format() == "f32";
+    }
+    if (nbit) {
+        q.format    = WeightFormat::Nbit;
+        q.bits      = first->bits();
+        q.group     = first->group();
+        q.row_bytes = (int)NbitLinear::row_bytes(q.in, q.bits);
+        q.n_groups  = first->n_groups();
+        std::vector<uint8_t>  codes;  // (rows, row_bytes)
+        std::vector<uint16_t> scales; // (rows, n_groups)
+        std::vector<uint8_t>  zeros;  // (rows, n_groups)
+        codes.reserve((size_t)rows * q.row_bytes);
+        for (const Linear* l : linears) {
+            const auto* nb = static_cast<const NbitLinear*>(l);
+            codes.insert(codes.end(), nb->packed_codes().begin(), nb->packed_codes().end());
+            scales.insert(scales.end(), nb->scales_f16().begin(), nb->scales_f16().end());
+            zeros.insert(zeros.end(), nb->zeros().begin(), nb->zeros().end());
+        }
+        q.w      = upload_words(dev, codes, 4); // a code may straddle into the word after the last row
+        q.scales = upload_words(dev, scales);
+        q.zeros  = upload_words(dev, zeros);
+        return q;
+    }
+    const auto* vq0   = dynamic_cast<const VqLinear*>(linears[0]);
+    bool        vq    = vq0 != nullptr;
+    for (const Linear* l : linears) {
+        const auto* v = dynamic_cast<const VqLinear*>(l);
+        vq = vq && v && l->out_features() == out && v->dim() == vq0->dim() && v->bits() == vq0->bits() &&
+             v->group_cols() == vq0->group_cols() && v->rows_per_codebook() == vq0->rows_per_codebook() &&
+             v->has_scales() == vq0->has_scales();
+    }
+    if (vq) {
+        q.format    = WeightFormat::Vq;
+        q.vq_dim    = vq0->dim();
+        q.bits      = vq0->bits() * vq0->dim();
+        q.group     = vq0->group_cols();
+        q.n_groups  = vq0->rows_per_codebook();
+        q.row_bytes = (int)VqLinear::row_bytes(q.in, vq0->dim(), vq0->bits());
+        q.vq_scaled = vq0->has_scales();
+        std::vector<uint8_t>  codes;     // (rows, row_bytes)
+        std::vector<uint16_t> codebooks; // (n_mats · codebooks, K, D)
+        std::vector<uint16_t> scales;    // (rows)
+        for (const Linear* l : linears)
+            for (const PackedTensor& t : l->packed_tensors()) {
+                if (t.suffix == ".vq_codes") codes.insert(codes.end(), t.bytes.begin(), t.bytes.end());
+                auto* h = (const uint16_t*)t.bytes.data();
+                if (t.suffix == ".vq_codebooks") codebooks.insert(codebooks.end(), h, h + t.bytes.size() / 2);
+                if (t.suffix == ".vq_scales") scales.insert(scales.end(), h, h + t.bytes.size() / 2);
+            }
+        q.w      = upload_words(dev, codes, 4); // an index may straddle into the word after the last row
+        q.scales = upload_words(dev, codebooks);
+        q.zeros  = upload_words(dev, scales);
+        return q;
+    }
+    if (!all_fp) {
+        std::string fmts;
+        for (const Linear* l : linears)
+            if (fmts.find(l->format()) == std::string::npos) fmts += (fmts.empty() ? "" : ", ") + l->format();
+        q.note = "dequantized to f32 at upload: format " + fmts +
+                 (first || vq0 ? " (mixed parameters or row counts in one weight set)"
+                               : " has no GPU kernel in the runner");
+    }
+    std::vector<float> w;
+    w.reserve((size_t)rows * q.in);
+    for (const Linear* l : linears) {
+        if (const auto* d = dynamic_cast<const DenseLinear*>(l)) {
+            w.insert(w.end(), d->data(), d->data() + (size_t)l->out_features() * q.in);
+        } else {
+            auto dq = l->dequantize();
+            check_linear_map(*l, dq);
+            w.insert(w.end(), dq.begin(), dq.end());
+        }
+    }
+    q.w      = upload_words(dev, w);
+    q.scales = dev.create_buffer(4);
+    q.zeros  = dev.create_buffer(4);
+    return q;
+}
+
+void linear(Device& dev, CommandList& cl, const QWeights& w, int mat, const Buffer& x, int n, Buffer& y,
+            const Epilogue& ep) {
+    MOEBIUS_ASSERT(mat >= 0 && mat < w.n_mats && n > 0);
+    struct {
+        uint32_t n, in, out, row_bytes, n_groups, group, mat, gate_stride, gate_off;
+    } pc{(uint32_t)n, (uint32_t)w.in, (uint32_t)w.out, (uint32_t)w.row_bytes, (uint32_t)w.n_groups,
+         (uint32_t)std::max(w.group, 1), (uint32_t)mat, (uint32_t)ep.gate_stride, (uint32_t)ep.gate_off};
+    // Tokens per workgroup: all of a decode batch (≤ 8), else chunks of 8.
+    const int   tokens = std::min(n, 8);
+    const auto& p = dev.pipeline("linear", 8, sizeof pc,
+                                 {row_wg(dev), (uint32_t)w.format, (uint32_t)std::max(w.bits, 1),
+                                  ep.bias ? 1u : 0u, ep.gate ? 1u : 0u, ep.add ? 1u : 0u, ep.residual ? 1u : 0u,
+                                  (uint32_t)tokens, 0, 0, (uint32_t)w.vq_dim, w.vq_scaled ? 1u : 0u});
+    const auto [gx, gy] = row_grid(w.out);
+    cl.dispatch(p, {x, y, or_dummy(dev, ep.bias), or_dummy(dev, ep.add), or_dummy(dev, ep.gate), w.w, w.scales,
+                    w.zeros},
+                pc, gx, gy, ceil_div(n, tokens));
+}
+
+void embed(Device& dev, CommandList& cl, const Buffer& tokens, int n, const Buffer& table, int d, Buffer& x) {
+    check_grid(dev, n, "embedding");
+    struct {
+        uint32_t n, d;
+    } pc{(uint32_t)n, (uint32_t)d};
+    const auto& p = dev.pipeline("embed", 3, sizeof pc);
+    cl.dispatch(p, {tokens, table, x}, pc, ceil_div(d, 64), (uint32_t)n);
+}
+
+std::vector<float> rope_table(const std::vector<float>& inv_freq, int n_pos) {
+    const size_t       half = inv_freq.size();
+    std::vector<float> t((size_t)n_pos * half * 2); // (n_pos, half, 2)
+    for (int p = 0; p < n_pos; ++p)
+        for (size_t i = 0; i < half; ++i) {
+            const float a            = (float)p * inv_freq[i]; // f32 angle, as engine/cpu/ops.cpp rope()
+            t[(p * half + i) * 2]     = std::cos(a);
+            t[(p * half + i) * 2 + 1] = std::sin(a);
+        }
+    return t;
+}
+
+void qk_rope(Device& dev, CommandList& cl, const Buffer& qkv, int n, int n_past, const AttnShape& s, QkNormMode mode,
+             const Buffer* qn, const Buffer* kn, float eps, std::optional<float> clip, const Buffer& rope,
+             Buffer& q, Buffer& kc, Buffer& vc) {
+    if (s.n_head + s.n_head_kv > 512) throw UnsupportedError("vulkan: more than 512 attention heads");
+    MOEBIUS_ASSERT(mode == QkNormMode::None || (qn && kn));
+    struct {
+        uint32_t n, n_past, nh, nkv, hd;
+        float    eps, clip;
+    } pc{(uint32_t)n, (uint32_t)n_past, (uint32_t)s.n_head, (uint32_t)s.n_head_kv, (uint32_t)s.head_dim, eps,
+         clip.value_or(0.f)};
+    const auto& p = dev.pipeline("qk_rope", 7, sizeof pc,
+                                 {row_wg(dev), (uint32_t)mode, clip ? 1u : 0u});
+    const auto [gx, gy] = row_grid(n);
+    cl.dispatch(p, {qkv, q, kc, vc, or_dummy(dev, qn), or_dummy(dev, kn), rope}, pc, gx, gy);
+}
+
+void attention(Device& dev, CommandList& cl, const Buffer& q, const Buffer& kc, const Buffer& vc, int n, int n_past,
+               const AttnShape& s, int n_ctx, Buffer& scores, Buffer& o) {
+    check_grid(dev, n, "attention");
+    struct {
+        uint32_t n, n_past, nh, nkv, hd, n_ctx;
+        float    scale;
+    } pc{(uint32_t)n, (uint32_t)n_past, (uint32_t)s.n_head, (uint32_t)s.n_head_kv, (uint32_t)s.head_dim,
+         (uint32_t)n_ctx, 1.0f / std::sqrt((float)s.head_dim)};
+    const auto& p = dev.pipeline("attention", 5, sizeof pc, {row_wg(dev)});
+    cl.dispatch(p, {q, kc, vc, o, scores}, pc, (uint32_t)s.n_head, (uint32_t)n);
+}
+
+void router_topk(Device& dev, CommandList& cl, const Buffer& logits, int n, int n_expert, int k, int stride,
+                 bool renorm, Buffer& ids, Buffer& w) {
+    if (k > 32 || n_expert > 1024 || k > n_expert)
+        throw UnsupportedError("vulkan: routing supports up to 1024 experts and top-32 (model: " +
+                               std::to_string(n_expert) + " experts, top-" + std::to_string(k) + ")");
+    struct {
+        uint32_t n, n_expert, k, stride, renorm;
+    } pc{(uint32_t)n, (uint32_t)n_expert, (uint32_t)k, (uint32_t)stride, renorm ? 1u : 0u};
+    const auto& p = dev.pipeline("router_topk", 3, sizeof pc);
+    cl.dispatch(p, {logits, ids, w}, pc, ceil_div(n, 64));
+}
+
+void moe_gate_up(Device& dev, CommandList& cl, const Buffer& x, int n, const Buffer* ids, int k, const QWeights& gu,
+                 Buffer& h) {
+    check_grid(dev, n, "expert gate/up");
+    MOEBIUS_ASSERT(gu.n_mats % 2 == 0 && (ids || 2 * k <= gu.n_mats));
+    struct {
+        uint32_t n, k, in, ff, row_bytes, n_groups, group;
+    } pc{(uint32_t)n, (uint32_t)k, (uint32_t)gu.in, (uint32_t)gu.out, (uint32_t)gu.row_bytes, (uint32_t)gu.n_groups,
+         (uint32_t)std::max(gu.group, 1)};
+    const auto& p = dev.pipeline("moe_gate_up", 6, sizeof pc,
+                                 {row_wg(dev), (uint32_t)gu.format, (uint32_t)std::max(gu.bits, 1),
+                                  ids ? 1u : 0u, 0, 0, 0, 0, 0, 0, (uint32_t)gu.vq_dim, gu.vq_scaled ? 1u : 0u});
+    cl.dispatch(p, {x, or_dummy(dev, ids), h, gu.w, gu.scales, gu.zeros}, pc, (uint32_t)gu.out, (uint32_t)n,
+                (uint32_t)k);
+}
+
+void moe_down(Device& dev, CommandList& cl, const Buffer& h, const Buffer& ids, const Buffer& w, int n, int k,
+              const QWeights& down, Buffer& y, bool residual) {
+    check_grid(dev, n, "expert down");
+    struct {
+        uint32_t n, k, in, out, row_bytes, n_groups, group;
+    } pc{(uint32_t)n, (uint32_t)k, (uint32_t)down.in, (uint32_t)down.out, (uint32_t)down.row_bytes,
+         (uint32_t)down.n_groups, (uint32_t)std::max(down.group, 1)};
+    const auto& p = dev.pipeline("moe_down", 7, sizeof pc,
+                                 {row_wg(dev), (uint32_t)down.format, (uint32_t)std::max(down.bits, 1),
+                                  residual ? 1u : 0u, 0, 0, 0, 0, 0, 0, (uint32_t)down.vq_dim,
+                                  down.vq_scaled ? 1u : 0u});
+    cl.dispatch(p, {h, ids, w, y, down.w, down.scales, down.zeros}, pc, (uint32_t)down.out, (uint32_t)n);
+}
+
+} // namespace moebius::vk

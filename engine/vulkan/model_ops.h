@@ -1,0 +1,95 @@
+#pragma once
+// The ops of the Vulkan model runner (engine/vulkan/runner.h): quantized linears, embedding, q/k norm + RoPE + KV
+// cache write, attention, MoE routing and expert-indexed dispatch. Each is the GPU twin of a step of the CPU forward
+// (engine/cpu/model.cpp) and has a parity test against it (tests/unit/test_vulkan_model_ops.cpp). Like ops.h, they
+// only record into a CommandList.
+#include "engine/cpu/linear.h"
+#include "engine/vulkan/device.h"
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace moebius::vk {
+
+// Weight formats a shader reads directly (shaders/qweight.glsl).
+enum class WeightFormat : uint32_t { F32 = 0, Nbit = 1, Vq = 2 };
+
+// One or more linears of the same input width stacked by rows into one weight set: matrix m, row r is global row
+// m·out + r. Several linears stacked into one matrix (q | k | v) use n_mats = 1; the experts of a layer use one
+// matrix per expert (or per gate / up of each expert, for the fused gate+up set).
+struct QWeights {
+    WeightFormat format = WeightFormat::F32;
+    int          in = 0, out = 0, n_mats = 0; // W (n_mats, out, in)
+    // nbit: bits per code, columns per group, bytes per row, groups per row.
+    // vq: bits = index bits (bits·D), group = codebook columns G, n_groups = codebook rows R, vq_dim = D.
+    int          bits = 0, group = 0, row_bytes = 0, n_groups = 0, vq_dim = 1;
+    bool         vq_scaled = false;
+    Buffer       w, scales, zeros; // f32 (n_mats·out, in);
+                                   // nbit codes (n_mats·out, row_bytes) + slack word, f16 scales and u8 zeros
+                                   // (n_mats·out, n_groups);
+                                   // vq indices (n_mats·out, row_bytes) + slack word, f16 codebooks
+                                   // (n_mats·codebooks, 2^bits, D), f16 row scales (n_mats·out) or a dummy
+    std::string  note;             // why the set was dequantized at upload, empty when it was not
+
+    // Stacks `linears` (all of in_features `in`, Σ out_features = n_mats·out). All NbitLinear with one (bits, group)
+    // → nbit; all VqLinear of `out` rows with one (dim, bits, G, R, scales) → vq; otherwise every weight is
+    // dequantized to f32 and, unless all were dense f32 already, `note` says why.
+    static QWeights upload(Device& dev, const std::vector<const Linear*>& linears, int out);
+};
+
+// What runs after a linear's dot products (shaders/linear.comp), in this order.
+struct Epilogue {
+    const Buffer* bias        = nullptr; // (out): v = dot + bias
+    const Buffer* gate        = nullptr; // (n, gate_stride): v = sigmoid(gate[t·gate_stride + gate_off]) · v
+    int           gate_stride = 0, gate_off = 0;
+    const Buffer* add         = nullptr; // (n, out): v = add + v
+    bool          residual    = false;   // y = y + v instead of y = v
+};
+
+// y (n, out) = epilogue(x (n, in) · W_matᵀ).
+void linear(Device& dev, CommandList& cl, const QWeights& w, int mat, const Buffer& x, int n, Buffer& y,
+            const Epilogue& ep = {});
+
+// x (n, d) = table (n_vocab, d)[tokens (n) int32]. Ids must be in range (the runner checks them on the host).
+void embed(Device& dev, CommandList& cl, const Buffer& tokens, int n, const Buffer& table, int d, Buffer& x);
+
+// The attention geometry.
+struct AttnShape {
+    int n_head = 0, n_head_kv = 0, head_dim = 0;
+    int q_dim() const { return n_head * head_dim; }
+    int kv_dim() const { return n_head_kv * head_dim; }
+};
+
+enum class QkNormMode : uint32_t { None = 0, PerHead = 1, Full = 2 };
+
+// cos / sin of RoPE for positions 0..n_pos−1: (n_pos, head_dim/2, 2), computed as engine/cpu/ops.cpp rope() does.
+std::vector<float> rope_table(const std::vector<float>& inv_freq, int n_pos);
+
+// For tokens at positions n_past + t: optional q/k RMSNorm (weights qn, kn; (head_dim) per head or (q_dim)/(kv_dim)
+// full), optional clamp to ±clip, RoPE, then q (n, q_dim) and k, v into the caches kc, vc (n_ctx, kv_dim).
+// qkv (n, q_dim + 2·kv_dim) holds the projections with bias.
+void qk_rope(Device& dev, CommandList& cl, const Buffer& qkv, int n, int n_past, const AttnShape& s, QkNormMode mode,
+             const Buffer* qn, const Buffer* kn, float eps, std::optional<float> clip, const Buffer& rope,
+             Buffer& q, Buffer& kc, Buffer& vc);
+
+// Causal attention of q (n, q_dim) at positions n_past.. against the caches: o (n, q_dim). scores: scratch of
+// n · n_head · n_ctx floats.
+void attention(Device& dev, CommandList& cl, const Buffer& q, const Buffer& kc, const Buffer& vc, int n, int n_past,
+               const AttnShape& s, int n_ctx, Buffer& scores, Buffer& o);
+
+// Softmax over logits (n, stride)[:, 0..n_expert), top k, optional renormalisation: ids (n, k) int32 and w (n, k),
+// each token's slots sorted by expert id.
+void router_topk(Device& dev, CommandList& cl, const Buffer& logits, int n, int n_expert, int k, int stride,
+                 bool renorm, Buffer& ids, Buffer& w);
+
+// h (n·k, F) = silu(x Wg[e]ᵀ) ⊙ (x Wu[e]ᵀ) for e = ids[t·k + j]; gu: gate and up stacked per expert
+// (QWeights with n_mats = 2·n_expert, out = F). ids == nullptr: slot j uses expert j (shared expert, dense FFN).
+void moe_gate_up(Device& dev, CommandList& cl, const Buffer& x, int n, const Buffer* ids, int k, const QWeights& gu,
+                 Buffer& h);
+
+// y (n, H) (+)= Σ_j w[t, j] · h[t·k + j] · Wd[ids[t·k + j]]ᵀ, in slot order; down: (n_expert, H, F).
+void moe_down(Device& dev, CommandList& cl, const Buffer& h, const Buffer& ids, const Buffer& w, int n, int k,
+              const QWeights& down, Buffer& y, bool residual);
+
+} // namespace moebius::vk

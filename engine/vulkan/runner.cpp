@@ -1,0 +1,328 @@
+#include "engine/vulkan/runner.h"
+
+#include "engine/core/error.h"
+#include "engine/core/sampling.h"
+#include "engine/vulkan/ops.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+namespace moebius::vk {
+
+namespace {
+
+// Every buffer here is bound whole by some dispatch: refuse what one binding cannot hold before anything runs.
+Buffer bindable(Device& dev, uint64_t bytes, const char* what) {
+    if (bytes > dev.max_binding_bytes())
+        throw UnsupportedError(std::string("vulkan: ") + what + " needs " + std::to_string(bytes >> 20) +
+                               " MiB in one binding, the device allows " +
+                               std::to_string(dev.max_binding_bytes() >> 20) + " MiB; splitting is not implemented");
+    return dev.create_buffer(std::max<uint64_t>(bytes, 4));
+}
+
+Buffer upload_f32(Device& dev, const std::vector<float>& v) {
+    Buffer b = bindable(dev, v.size() * 4, "a norm / bias / embedding table");
+    if (!v.empty()) dev.upload(b, v.data(), v.size() * 4);
+    return b;
+}
+
+} // namespace
+
+QWeights Runner::upload(const std::vector<const Linear*>& lins, int out, const std::string& what) {
+    QWeights q = QWeights::upload(dev_, lins, out);
+    if (!q.note.empty()) notes_.push_back(what + ": " + q.note);
+    return q;
+}
+
+Runner::Runner(Device& dev, const Model& model, int n_ctx) : dev_(dev), spec_(model.spec()) {
+    const ModelSpec& s = spec_;
+    shape_             = {s.n_head, s.n_head_kv, s.head_dim};
+    if (s.head_dim % 2 != 0) throw UnsupportedError("vulkan: odd head_dim " + std::to_string(s.head_dim));
+    if (s.n_head % s.n_head_kv != 0) throw UnsupportedError("vulkan: n_head is not a multiple of n_head_kv");
+    // The kernels' fixed limits (shaders/qk_rope.comp, router_topk.comp), checked before anything is uploaded.
+    if (s.n_head + s.n_head_kv > 512) throw UnsupportedError("vulkan: more than 512 attention heads");
+    if (s.n_moe_layers() > 0 && (s.n_expert > 1024 || s.n_expert_used > 32))
+        throw UnsupportedError("vulkan: routing supports up to 1024 experts and top-32 (model: " +
+                               std::to_string(s.n_expert) + " experts, top-" + std::to_string(s.n_expert_used) + ")");
+    switch (s.traits().qk_norm) {
+    case QkNorm::None: qk_mode_ = QkNormMode::None; break;
+    case QkNorm::PerHead: qk_mode_ = QkNormMode::PerHead; break;
+    case QkNorm::Full: qk_mode_ = QkNormMode::Full; break;
+    }
+    for (int il = 0; il < s.n_layer; ++il)
+        if (!model.layer_loaded(il))
+            throw Error("vulkan: layer " + std::to_string(il) + " is not loaded (lazily loaded model)");
+
+    embed_      = upload_f32(dev_, model.embeddings());
+    final_norm_ = upload_f32(dev_, model.final_norm());
+    lm_head_    = upload({&model.lm_head()}, s.n_vocab, "lm_head");
+    inv_freq_   = model.rope_inv_freq();
+    layers_.resize(s.n_layer);
+    for (int il = 0; il < s.n_layer; ++il) {
+        const LayerWeights& L   = model.layer(il);
+        Layer&              G   = layers_[il];
+        const std::string   pre = "layer " + std::to_string(il) + " ";
+        G.attn_norm             = upload_f32(dev_, L.attn_norm);
+        G.ffn_norm              = upload_f32(dev_, L.ffn_norm);
+        G.qkv = upload({L.q.get(), L.k.get(), L.v.get()}, shape_.q_dim() + 2 * shape_.kv_dim(), pre + "q/k/v");
+        G.o   = upload({L.o.get()}, s.n_embd, pre + "o_proj");
+        if (!L.bq.empty()) {
+            std::vector<float> b = L.bq; // (q_dim + 2·kv_dim): q | k | v, as the stacked rows
+            b.insert(b.end(), L.bk.begin(), L.bk.end());
+            b.insert(b.end(), L.bv.begin(), L.bv.end());
+            G.bqkv = upload_f32(dev_, b);
+        }
+        if (!L.bo.empty()) G.bo = upload_f32(dev_, L.bo);
+        if (!L.q_norm.empty()) {
+            G.q_norm = upload_f32(dev_, L.q_norm);
+            G.k_norm = upload_f32(dev_, L.k_norm);
+        }
+        G.is_moe = L.is_moe;
+        if (L.is_moe) {
+            std::vector<const Linear*> router{L.router.get()};
+            G.shared_gated = L.shared_expert_gate != nullptr;
+            if (G.shared_gated) router.push_back(L.shared_expert_gate.get());
+            G.router = upload(router, (int)(s.n_expert + (G.shared_gated ? 1 : 0)), pre + "router");
+            std::vector<const Linear*> gu, down;
+            for (const auto& e : L.experts) {
+                gu.push_back(e[0].get());
+                gu.push_back(e[1].get());
+                down.push_back(e[2].get());
+            }
+            G.experts_gu   = upload(gu, s.n_ff_expert, pre + "experts gate/up");
+            G.experts_down = upload(down, s.n_embd, pre + "experts down");
+            if (L.shared_gate) {
+                G.ffn_gu   = upload({L.shared_gate.get(), L.shared_up.get()}, s.n_ff_shared, pre + "shared gate/up");
+                G.ffn_down = upload({L.shared_down.get()}, s.n_embd, pre + "shared down");
+            }
+        } else {
+            G.ffn_gu   = upload({L.dense_gate.get(), L.dense_up.get()}, L.dense_gate->out_features(),
+                                pre + "dense gate/up");
+            G.ffn_down = upload({L.dense_down.get()}, s.n_embd, pre + "dense down");
+        }
+    }
+    reserve(n_ctx);
+    ensure_scratch(1); // a decode step's buffers: what does not fit fails here, before any token runs
+}
+
+void Runner::reserve(int n_ctx) {
+    if (n_ctx <= 0) throw InputError("vulkan: the context must hold at least one token");
+    if (n_ctx <= n_ctx_ && rope_) return;
+    n_ctx_  = n_ctx;
+    n_past_ = 0;
+    rope_   = upload_f32(dev_, rope_table(inv_freq_, n_ctx));
+    const uint64_t kv_bytes = (uint64_t)n_ctx * shape_.kv_dim() * 4;
+    for (auto& G : layers_) {
+        G.k_cache = bindable(dev_, kv_bytes, "the KV cache of a layer");
+        G.v_cache = bindable(dev_, kv_bytes, "the KV cache of a layer");
+    }
+    if (cap_ > 0) {
+        const int cap = cap_;
+        cap_          = 0; // the scores scratch depends on n_ctx
+        ensure_scratch(cap);
+    }
+}
+
+void Runner::rewind(int n_past) {
+    if (n_past < 0 || n_past > n_past_) throw InputError("vulkan: cannot rewind the cache forward");
+    n_past_ = n_past;
+}
+
+void Runner::ensure_scratch(int n) {
+    if (n <= cap_) return;
+    const ModelSpec& s   = spec_;
+    const uint64_t   cap = (uint64_t)n, f = 4;
+    int              ff  = 1; // widest shared / dense FFN
+    for (auto& G : layers_)
+        if (G.ffn_gu.n_mats) ff = std::max(ff, G.ffn_gu.out);
+    const int k = std::max(s.n_expert_used, 1);
+    x_       = bindable(dev_, cap * s.n_embd * f, "an activation buffer");
+    hn_      = bindable(dev_, cap * s.n_embd * f, "an activation buffer");
+    qkv_     = bindable(dev_, cap * (shape_.q_dim() + 2 * shape_.kv_dim()) * f, "an activation buffer");
+    q_       = bindable(dev_, cap * shape_.q_dim() * f, "an activation buffer");
+    attn_    = bindable(dev_, cap * shape_.q_dim() * f, "an activation buffer");
+    scores_  = bindable(dev_, cap * s.n_head * n_ctx_ * f, "an activation buffer");
+    rlogits_ = bindable(dev_, cap * (s.n_expert + 1) * f, "an activation buffer");
+    ids_     = bindable(dev_, cap * k * 4, "an activation buffer");
+    topw_    = bindable(dev_, cap * k * f, "an activation buffer");
+    h_       = bindable(dev_, cap * k * std::max(s.n_ff_expert, 1) * f, "an activation buffer");
+    hs_      = bindable(dev_, cap * ff * f, "an activation buffer");
+    delta_   = bindable(dev_, cap * s.n_embd * f, "an activation buffer");
+    last_    = bindable(dev_, (uint64_t)s.n_embd * f, "an activation buffer");
+    logits_  = bindable(dev_, cap * s.n_vocab * f, "an activation buffer");
+    tokens_  = bindable(dev_, cap * 4, "an activation buffer");
+    cap_     = n;
+}
+
+void Runner::forward(const int32_t* tokens, int n, float* logits, bool logits_all) {
+    if (n <= 0) return;
+    const ModelSpec& s = spec_;
+    if (n_past_ + n > n_ctx_)
+        throw InputError("context is full: " + std::to_string(n_past_ + n) + " tokens exceed the context of " +
+                         std::to_string(n_ctx_));
+    for (int i = 0; i < n; ++i)
+        if (tokens[i] < 0 || tokens[i] >= s.n_vocab)
+            throw InputError("token id " + std::to_string(tokens[i]) + " is outside the vocabulary (0.." +
+                             std::to_string(s.n_vocab - 1) + ")");
+    // Long prompts run in chunks: causal attention over the cache makes that exact, every kernel is batch-invariant,
+    // and the activation buffers stay at k_max_chunk tokens (a (n, n_vocab) logits buffer of a long window would
+    // not fit one binding on large models).
+    for (int i = 0; i < n; i += k_max_chunk) {
+        const int  c    = std::min(k_max_chunk, n - i);
+        const bool last = i + c == n;
+        forward_chunk(tokens + i, c, logits_all ? (logits ? logits + (size_t)i * s.n_vocab : nullptr)
+                                                : (last ? logits : nullptr),
+                      logits_all);
+    }
+}
+
+void Runner::forward_chunk(const int32_t* tokens, int n, float* logits, bool logits_all) {
+    const ModelSpec& s = spec_;
+    ensure_scratch(n);
+    dev_.upload(tokens_, tokens, (uint64_t)n * 4);
+
+    const int   H = s.n_embd, K = s.n_expert_used, E = s.n_expert;
+    CommandList cl(dev_);
+    embed(dev_, cl, tokens_, n, embed_, H, x_);
+    size_t layer_start = cl.n_dispatches();
+    for (int il = 0; il < s.n_layer; ++il) {
+        Layer& G = layers_[il];
+        if (il == s.n_layer - 1) layer_start = cl.n_dispatches();
+        // h = x + O(Attn(RoPE(norm(QKV(RMSNorm(x))))))
+        rmsnorm(dev_, cl, x_, n, H, G.attn_norm, s.rms_eps, hn_);
+        linear(dev_, cl, G.qkv, 0, hn_, n, qkv_, {.bias = G.bqkv ? &G.bqkv : nullptr});
+        qk_rope(dev_, cl, qkv_, n, n_past_, shape_, qk_mode_, G.q_norm ? &G.q_norm : nullptr,
+                G.k_norm ? &G.k_norm : nullptr, s.rms_eps, s.clip_qkv, rope_, q_, G.k_cache, G.v_cache);
+        attention(dev_, cl, q_, G.k_cache, G.v_cache, n, n_past_, shape_, n_ctx_, scores_, attn_);
+        linear(dev_, cl, G.o, 0, attn_, n, x_, {.bias = G.bo ? &G.bo : nullptr, .residual = true});
+        // out = h + FFN(RMSNorm(h))
+        rmsnorm(dev_, cl, x_, n, H, G.ffn_norm, s.rms_eps, hn_);
+        if (G.is_moe) {
+            const int stride = E + (G.shared_gated ? 1 : 0);
+            linear(dev_, cl, G.router, 0, hn_, n, rlogits_);
+            router_topk(dev_, cl, rlogits_, n, E, K, stride, s.norm_topk_prob, ids_, topw_);
+            moe_gate_up(dev_, cl, hn_, n, &ids_, K, G.experts_gu, h_);
+            if (G.ffn_gu.n_mats) {
+                moe_gate_up(dev_, cl, hn_, n, nullptr, 1, G.ffn_gu, hs_);
+                moe_down(dev_, cl, h_, ids_, topw_, n, K, G.experts_down, delta_, false);
+                // x += routed + sigmoid(gate) · shared, the CPU's order.
+                Epilogue ep{.add = &delta_, .residual = true};
+                if (G.shared_gated) {
+                    ep.gate        = &rlogits_;
+                    ep.gate_stride = stride;
+                    ep.gate_off    = E;
+                }
+                linear(dev_, cl, G.ffn_down, 0, hs_, n, x_, ep);
+            } else {
+                moe_down(dev_, cl, h_, ids_, topw_, n, K, G.experts_down, x_, true);
+            }
+        } else {
+            moe_gate_up(dev_, cl, hn_, n, nullptr, 1, G.ffn_gu, hs_);
+            linear(dev_, cl, G.ffn_down, 0, hs_, n, x_, {.residual = true});
+        }
+    }
+    last_layer_dispatches_ = cl.n_dispatches() - layer_start;
+    const int n_out        = logits_all ? n : 1;
+    if (logits) {
+        if (logits_all) {
+            rmsnorm(dev_, cl, x_, n, H, final_norm_, s.rms_eps, hn_);
+            linear(dev_, cl, lm_head_, 0, hn_, n, logits_);
+        } else {
+            cl.copy(x_, last_, (uint64_t)H * 4, (uint64_t)(n - 1) * H * 4, 0);
+            rmsnorm(dev_, cl, last_, 1, H, final_norm_, s.rms_eps, last_);
+            linear(dev_, cl, lm_head_, 0, last_, 1, logits_);
+        }
+    }
+    last_dispatches_ = cl.n_dispatches();
+    cl.submit_and_wait();
+    n_past_ += n;
+    if (logits) dev_.download(logits_, logits, (uint64_t)n_out * s.n_vocab * 4);
+}
+
+GenerateResult generate(Runner& runner, std::span<const int32_t> prompt, const GenerateOptions& opt,
+                        const std::function<bool(int32_t)>& on_token) {
+    // The loop of engine/cpu/generate.cpp, with the runner's forward (its cache) in place of Model::forward.
+    using clock = std::chrono::steady_clock;
+    if (prompt.empty()) throw InputError("the prompt is empty");
+    const ModelSpec& spec  = runner.spec();
+    int              n_ctx = opt.n_ctx > 0 ? opt.n_ctx : (int)prompt.size() + opt.max_tokens;
+    n_ctx                  = std::min(n_ctx, std::max(spec.max_position, (int)prompt.size() + 1));
+    if ((int)prompt.size() >= n_ctx)
+        throw InputError("the prompt has " + std::to_string(prompt.size()) + " tokens; the context holds " +
+                         std::to_string(n_ctx));
+    runner.reserve(n_ctx);
+    runner.clear();
+
+    GenerateResult res;
+    res.prompt_tokens = (int)prompt.size();
+    std::vector<int32_t> seq(prompt.begin(), prompt.end());
+    std::vector<float>   logits(spec.n_vocab);
+    Sampler              sampler(opt.sampling);
+
+    auto t0 = clock::now();
+    runner.forward(seq.data(), (int)seq.size(), logits.data(), false);
+    res.prefill_s = std::chrono::duration<double>(clock::now() - t0).count();
+    auto t1       = clock::now();
+
+    res.stop_reason = "length";
+    for (int step = 0; step < opt.max_tokens; ++step) {
+        if (step > 0) {
+            if ((int)seq.size() >= n_ctx) {
+                res.stop_reason = "context";
+                break;
+            }
+            if (opt.use_cache) {
+                runner.forward(&seq.back(), 1, logits.data(), false);
+            } else {
+                runner.clear();
+                runner.forward(seq.data(), (int)seq.size(), logits.data(), false);
+            }
+        }
+        int32_t tok = sampler.sample(logits.data(), spec.n_vocab, seq);
+        if (step == 0) res.time_to_first_token_s = std::chrono::duration<double>(clock::now() - t0).count();
+        if (std::find(opt.stop_ids.begin(), opt.stop_ids.end(), tok) != opt.stop_ids.end()) {
+            res.stop_reason = "eos";
+            break;
+        }
+        seq.push_back(tok);
+        res.tokens.push_back(tok);
+        if (on_token && !on_token(tok)) {
+            res.stop_reason = "cancelled";
+            break;
+        }
+    }
+    res.decode_s = std::chrono::duration<double>(clock::now() - t1).count();
+    return res;
+}
+
+PerplexityResult perplexity(Runner& runner, std::span<const int32_t> ids, int seqlen, const ProgressFn& progress) {
+    // The protocol of engine/eval/perplexity.cpp.
+    if (seqlen < 2) throw InputError("seqlen must be at least 2");
+    PerplexityResult r;
+    r.seqlen  = seqlen;
+    r.windows = (int)(ids.size() / seqlen);
+    if (r.windows == 0)
+        throw InputError("the text has " + std::to_string(ids.size()) + " tokens, fewer than one window of " +
+                         std::to_string(seqlen));
+    const int          V = runner.spec().n_vocab;
+    std::vector<float> logits((size_t)seqlen * V);
+    runner.reserve(seqlen);
+    double nll = 0;
+    for (int w = 0; w < r.windows; ++w) {
+        report_progress(progress, (double)w / r.windows,
+                        "window " + std::to_string(w + 1) + "/" + std::to_string(r.windows));
+        runner.clear();
+        const int32_t* win = ids.data() + (int64_t)w * seqlen;
+        runner.forward(win, seqlen, logits.data(), true);
+        nll += window_nll(logits.data(), seqlen, V, win);
+    }
+    report_progress(progress, 1.0, "done");
+    r.tokens      = (int64_t)r.windows * seqlen;
+    r.predictions = (int64_t)r.windows * (seqlen - 1);
+    r.mean_nll    = nll / r.predictions;
+    r.ppl         = std::exp(r.mean_nll);
+    return r;
+}
+
+} // namespace moebius::vk

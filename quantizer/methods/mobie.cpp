@@ -1,0 +1,231 @@
+#include "quantizer/methods/mobie.h"
+
+#include "engine/core/error.h"
+#include "engine/cpu/binary_linear.h"
+#include "engine/cpu/cejd_linear.h"
+#include "engine/cpu/nbit_linear.h"
+#include "quantizer/methods/binarize.h"
+#include "quantizer/methods/cejd.h"
+#include "quantizer/methods/uniform_quant.h"
+
+#include <Eigen/Dense>
+#include <numeric>
+
+namespace moebius::quant {
+
+std::vector<float> glas_row_weight(const GradientStats* grads, int layer, LinearKind kind, int expert, int out) {
+    if (!grads) return {};
+    const auto* e = grads->find(layer, kind, expert);
+    if (!e || e->tokens == 0 || (int)e->sum_sq.size() != out) return {};
+    const std::vector<double> g    = e->mean_sq();
+    const double              mean = std::accumulate(g.begin(), g.end(), 0.0) / out;
+    if (!(mean > 0)) return {};
+    std::vector<float> w(out);
+    // A floor keeps every row in play: a channel the loss ignores on the calibration set still carries error elsewhere.
+    for (int i = 0; i < out; ++i) w[i] = (float)std::max(g[i] / mean, 1e-3);
+    return w;
+}
+
+std::vector<double> nges_metric(const LayerWeights& next, const std::vector<float>& D, double weight) {
+    if (!next.is_moe || !next.router) return {};
+    const int          H = next.router->in_features(), E = next.router->out_features();
+    std::vector<float> R = next.router->dequantize(); // (E, H)
+    for (int e = 0; e < E; ++e)
+        for (int j = 0; j < H; ++j) R[(size_t)e * H + j] *= next.ffn_norm[j]; // the router reads norm(x) ⊙ γ
+    double fro = 0;
+    for (float v : R) fro += (double)v * v;
+    std::vector<double> M((size_t)H * H, 0.0);
+    for (int i = 0; i < H; ++i) M[(size_t)i * H + i] = D.empty() ? 1.0 : D[i];
+    if (!(fro > 0) || weight <= 0) return M;
+    const double s = weight * H / fro; // the router's directions get weight ~ H / rank(R) relative to the rest
+    for (int e = 0; e < E; ++e) {
+        const float* r = R.data() + (size_t)e * H;
+        for (int i = 0; i < H; ++i)
+            for (int j = 0; j < H; ++j) M[(size_t)i * H + j] += s * r[i] * r[j];
+    }
+    return M;
+}
+
+namespace {
+
+// 8-bit asymmetric grid (a row's values in groups of 128 where the width allows, else the whole row).
+std::unique_ptr<Linear> int8_linear(const std::vector<float>& W, int out, int in) {
+    UniformConfig c;
+    c.bits  = 8;
+    c.group = in % 128 == 0 ? 128 : -1;
+    return make_nbit_linear(rtn_quantize(W.data(), out, in, c));
+}
+
+// tr((W − Ŵ) H (W − Ŵ)ᵀ) and tr(W H Wᵀ): the layer objective, H (in, in) Σ x xᵀ.
+std::pair<double, double> objective(const std::vector<float>& W, const std::vector<float>& Q, int out, int in,
+                                    const std::vector<double>& H) {
+    double err = 0, ref = 0;
+    std::vector<double> d(in), Hd(in), w(in), Hw(in);
+    for (int o = 0; o < out; ++o) {
+        for (int j = 0; j < in; ++j) {
+            w[j] = W[(size_t)o * in + j];
+            d[j] = w[j] - Q[(size_t)o * in + j];
+        }
+        for (int i = 0; i < in; ++i) {
+            double a = 0, b = 0;
+            const double* h = H.data() + (size_t)i * in;
+            for (int j = 0; j < in; ++j) {
+                a += h[j] * d[j];
+                b += h[j] * w[j];
+            }
+            err += d[i] * a;
+            ref += w[i] * b;
+        }
+    }
+    return {err, ref};
+}
+
+// The low-rank part (out, in): C (out, r) · B (r, in) on the input side, B (out, r) · C (r, in) on the output side.
+std::vector<float> low_rank(const std::vector<float>& C, const std::vector<float>& B, bool input, int out, int in,
+                            int rank) {
+    using RM = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    const float* l = input ? C.data() : B.data();
+    const float* r = input ? B.data() : C.data();
+    std::vector<float> w((size_t)out * in);
+    Eigen::Map<RM>(w.data(), out, in) = (Eigen::Map<const RM>(l, out, rank).cast<double>() *
+                                         Eigen::Map<const RM>(r, rank, in).cast<double>()).cast<float>();
+    return w;
+}
+
+} // namespace
+
+std::unique_ptr<Linear> decompose(const std::vector<float>& W, int out, int in, const std::vector<double>& H,
+                                  const std::shared_ptr<const Linear>& basis, bool input, const std::vector<double>& M,
+                                  const QuantizeOptions& opt, const std::vector<float>* row_weight,
+                                  const std::string& owner, bool is_owner, ModuleReport& mr) {
+    const int                rank = input ? basis->out_features() : basis->in_features();
+    const std::vector<float> Bq   = basis->dequantize();
+    auto fit = [&](const std::vector<float>& A) {
+        return input ? cejd_input_coef(A.data(), out, in, Bq, rank, H) : cejd_output_coef(A.data(), out, in, Bq, rank, M);
+    };
+    auto quant_coef = [&](const std::vector<float>& C) { return input ? int8_linear(C, out, rank) : int8_linear(C, rank, in); };
+    // The residual of the low-rank part as it will be stored (8-bit coefficients and basis).
+    std::unique_ptr<Linear>  coef = quant_coef(fit(W));
+    const std::vector<float> low  = low_rank(coef->dequantize(), Bq, input, out, in, rank);
+    std::vector<float>       R(W.size());
+    for (size_t i = 0; i < R.size(); ++i) R[i] = W[i] - low[i];
+    BinarizeOptions bo;
+    bo.method = opt.mobie_core;
+    bo.block  = std::min(128, in);
+    bo.damp   = opt.damp;
+    // The 8-bit low-rank part carries the high-energy directions that salient columns (a second sign plane and their
+    // own scales) would: the residual goes without them, and the format then drops their slots.
+    bo.max_salient = 0;
+    bo.row_weight  = row_weight;
+    BinarizeReport br;
+    auto           residual = std::make_unique<BinaryLinear>(binarize(R.data(), out, in, H, bo, &br));
+    if (opt.cejd_refit) {
+        std::vector<float> A = residual->dequantize();
+        for (size_t i = 0; i < A.size(); ++i) A[i] = W[i] - A[i];
+        coef = quant_coef(fit(A));
+    }
+    auto lin              = std::make_unique<CejdLinear>(std::move(residual), std::move(coef), basis, input, owner, is_owner);
+    const auto [err, ref] = objective(W, lin->dequantize(), out, in, H);
+    mr.rel_error          = ref > 0 ? err / ref : 0;
+    mr.weights            = (int64_t)out * in;
+    mr.bytes              = (int64_t)lin->storage_bytes();
+    // Code bits without side data: the signs and the 8-bit coefficient codes.
+    mr.nominal_bits = 1 + br.salient_fraction + 8.0 * rank / (input ? in : out);
+    return lin;
+}
+
+std::unique_ptr<Linear> mobie_single(const std::vector<float>& W, int out, int in, const std::vector<double>& H,
+                                     int64_t tokens, bool input, const std::vector<double>& M,
+                                     const QuantizeOptions& opt, const std::string& name, ModuleReport& mr) {
+    const int                 rank = std::min({opt.mobie_rank, out, in});
+    std::vector<const float*> Wp{W.data()};
+    std::vector<float>        B;
+    if (input) {
+        std::vector<double> Hn(H);
+        for (double& v : Hn) v /= (double)std::max<int64_t>(1, tokens);
+        B = cejd_input_basis(Wp, out, in, Hn, {}, rank);
+    } else {
+        B = cejd_output_basis(Wp, out, in, {&H}, M, rank);
+    }
+    std::shared_ptr<const Linear> basis = input ? int8_linear(B, rank, in) : int8_linear(B, out, rank);
+    return decompose(W, out, in, H, basis, input, M, opt, nullptr, name, true, mr);
+}
+
+MobieLayer::MobieLayer(Model& model, int layer, const QuantizeOptions& opt, const GradientStats* grads)
+    : model_(model), layer_(layer), opt_(opt), grads_(grads) {}
+
+void MobieLayer::quantize(LinearKind kind, const std::vector<const std::vector<double>*>& H,
+                          const std::vector<int64_t>& tokens, const std::vector<double>& pooled_H, int64_t pooled_tokens,
+                          QuantizeReport& rep) {
+    const ModelSpec& spec  = model_.spec();
+    LayerWeights&    Ly    = model_.layer(layer_);
+    const int        E     = spec.n_expert;
+    const bool       input = kind != LinearKind::ExpertDown;
+    const int        out   = Ly.slot(kind, 0)->out_features(), in = Ly.slot(kind, 0)->in_features();
+    const int        rank  = std::min({opt_.mobie_rank, out, in});
+
+    std::vector<std::vector<float>> W(E), rw(E);
+    std::vector<const float*>       Wp(E);
+    for (int e = 0; e < E; ++e) {
+        W[e]  = Ly.slot(kind, e)->dequantize();
+        Wp[e] = W[e].data();
+        if (opt_.glas) rw[e] = glas_row_weight(grads_, layer_, kind, e, out);
+    }
+
+    // ---- the shared basis, 8-bit
+    std::vector<float>  B;
+    std::vector<double> M; // output side: the metric of the basis and the coefficient fit
+    if (input) {
+        // Experts weigh by their share of the routed tokens (the objective sums over each expert's tokens).
+        const double mean_tok = std::max(1.0, (double)std::accumulate(tokens.begin(), tokens.end(), int64_t(0)) / E);
+        std::vector<std::vector<float>> bw(E);
+        for (int e = 0; e < E; ++e) {
+            bw[e] = rw[e].empty() ? std::vector<float>(out, 1.f) : rw[e];
+            for (float& v : bw[e]) v *= (float)(tokens[e] / mean_tok);
+        }
+        std::vector<double> Hp(pooled_H);
+        for (double& v : Hp) v /= (double)std::max<int64_t>(1, pooled_tokens);
+        B = cejd_input_basis(Wp, out, in, Hp, bw, rank);
+    } else {
+        // GLAS's diagonal: the experts' down-output gradients pooled by token count (they all write the same stream).
+        std::vector<float> D;
+        if (opt_.glas) {
+            std::vector<double> acc(out, 0.0);
+            double              n = 0;
+            for (int e = 0; e < E; ++e)
+                if (!rw[e].empty()) {
+                    for (int i = 0; i < out; ++i) acc[i] += tokens[e] * (double)rw[e][i];
+                    n += tokens[e];
+                }
+            if (n > 0) {
+                D.resize(out);
+                for (int i = 0; i < out; ++i) D[i] = (float)(acc[i] / n);
+            }
+        }
+        if (opt_.nges && layer_ + 1 < spec.n_layer) {
+            if (!model_.layer_loaded(layer_ + 1)) model_.load_layer(layer_ + 1);
+            M = nges_metric(model_.layer(layer_ + 1), D, opt_.nges_weight);
+        }
+        if (M.empty() && !D.empty()) {
+            M.assign((size_t)out * out, 0.0);
+            for (int i = 0; i < out; ++i) M[(size_t)i * out + i] = D[i];
+        }
+        B = cejd_output_basis(Wp, out, in, H, M, rank);
+    }
+    std::shared_ptr<const Linear> basis = input ? int8_linear(B, rank, in) : int8_linear(B, out, rank);
+
+    // ---- per expert: coefficients, binarized residual, refit coefficients
+    const std::string owner = spec.linear_name(layer_, kind, 0);
+    for (int e = 0; e < E; ++e) {
+        ModuleReport mr;
+        mr.name   = spec.linear_name(layer_, kind, e);
+        mr.layer  = layer_;
+        mr.expert = e;
+        mr.tokens = tokens[e];
+        Ly.slot(kind, e) = decompose(W[e], out, in, *H[e], basis, input, M, opt_, rw[e].empty() ? nullptr : &rw[e],
+                                     owner, e == 0, mr);
+        rep.modules.push_back(mr);
+    }
+}
+
+} // namespace moebius::quant

@@ -1,0 +1,64 @@
+#version 450
+// y (n, out) = epilogue(x (n, in) · W_mᵀ) for one matrix m of a weight set in any uploaded format (qweight.glsl).
+// One workgroup per output row and per chunk of TOKENS tokens (grid z; TOKENS = min(n, 8), a specialization
+// constant so that the per-token loops unroll and only live tokens are reduced): each weight is decoded once for
+// every token of the chunk. Epilogue, each step a specialization constant (one pipeline per combination):
+//   v = dot (+ bias[row]);  v = sigmoid(gate[t]) · v;  v = add[t, row] + v;  y = y + v (residual) or y = v.
+// The steps follow the CPU forward's order of operations: O projection + bias then the residual add; the shared
+// expert scaled by its sigmoid gate, added to the routed sum, then to the residual stream.
+#include "common.glsl"
+
+layout(constant_id = 0) const uint WG = 64; // power of two ≥ MAX_TOKENS
+layout(constant_id = 1) const uint FORMAT = 0;
+layout(constant_id = 2) const uint BITS = 4;
+layout(constant_id = 3) const bool HAS_BIAS = false;
+layout(constant_id = 4) const bool HAS_GATE = false;
+layout(constant_id = 5) const bool HAS_ADD = false;
+layout(constant_id = 6) const bool RESIDUAL = false;
+layout(constant_id = 7) const uint TOKENS = 8; // 1..8
+layout(local_size_x_id = 0) in;
+const uint MAX_TOKENS = TOKENS;
+
+layout(std430, binding = 0) readonly buffer X { float x[]; };        // (n, in)
+layout(std430, binding = 1) buffer Y { float y[]; };                 // (n, out)
+layout(std430, binding = 2) readonly buffer Bias { float bias[]; };  // (out) or a dummy
+layout(std430, binding = 3) readonly buffer Add { float add_[]; };   // (n, out) or a dummy
+layout(std430, binding = 4) readonly buffer Gate { float gate[]; };  // (n, gate_stride) logits or a dummy
+#define QW_BINDING 5
+#include "qweight.glsl"
+layout(push_constant) uniform P {
+    uint n, in_f, out_f, row_bytes, n_groups, group, mat, gate_stride, gate_off;
+} p;
+
+shared float red[MAX_TOKENS * WG]; // (MAX_TOKENS, WG)
+
+void main() {
+    const uint row = wg_row();
+    if (row >= p.out_f) return; // uniform across the workgroup
+    const uint lid = gl_LocalInvocationID.x;
+    const uint t0  = gl_WorkGroupID.z * MAX_TOKENS;
+    const uint nt  = min(MAX_TOKENS, p.n - t0);
+    const uint r   = p.mat * p.out_f + row;
+    float acc[MAX_TOKENS];
+    for (uint t = 0; t < MAX_TOKENS; ++t) acc[t] = 0.0;
+    for (uint j = lid; j < p.in_f; j += WG) {
+        const float wv = qweight(r, j, p.in_f, p.out_f, p.row_bytes, p.n_groups, p.group);
+        for (uint t = 0; t < MAX_TOKENS; ++t)
+            if (t < nt) acc[t] += wv * x[(t0 + t) * p.in_f + j];
+    }
+    for (uint t = 0; t < MAX_TOKENS; ++t) red[t * WG + lid] = acc[t];
+    barrier();
+    for (uint s = WG / 2; s > 0; s >>= 1) {
+        if (lid < s)
+            for (uint t = 0; t < MAX_TOKENS; ++t) red[t * WG + lid] += red[t * WG + lid + s];
+        barrier();
+    }
+    if (lid < nt) {
+        const uint t = t0 + lid, o = t * p.out_f + row;
+        float      v = red[lid * WG];
+        if (HAS_BIAS) v = v + bias[row];
+        if (HAS_GATE) v = 1.0 / (1.0 + exp(-gate[t * p.gate_stride + p.gate_off])) * v;
+        if (HAS_ADD) v = add_[o] + v;
+        y[o] = RESIDUAL ? y[o] + v : v;
+    }
+}

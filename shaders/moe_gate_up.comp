@@ -1,0 +1,50 @@
+#version 450
+// Fused gate + up + SiLU·mul for the experts chosen on the GPU: h[t·k + j, f] = silu(g) · u with
+// g = x_t · Wg[e, f], u = x_t · Wu[e, f], e = ids[t·k + j] (read here, so the host never waits for the router).
+// One dispatch for every (token, slot): grid x = row f, y = token, z = slot. Gate and up of each expert are one
+// fused weight set (n_expert, 2F, H): rows [0, F) gate, [F, 2F) up. Without ids (USE_IDS false) slot j reads
+// matrix j: the shared expert and dense FFN layers (one matrix, k = 1).
+#include "common.glsl"
+
+layout(constant_id = 0) const uint WG = 64; // power of two
+layout(constant_id = 1) const uint FORMAT = 0;
+layout(constant_id = 2) const uint BITS = 4;
+layout(constant_id = 3) const bool USE_IDS = true;
+layout(local_size_x_id = 0) in;
+
+layout(std430, binding = 0) readonly buffer X { float x[]; };     // (n, H)
+layout(std430, binding = 1) readonly buffer I { int ids[]; };     // (n, k) or a dummy
+layout(std430, binding = 2) writeonly buffer Hb { float h[]; };   // (n·k, F)
+#define QW_BINDING 3
+#include "qweight.glsl"
+layout(push_constant) uniform P { uint n, k, in_f, ff, row_bytes, n_groups, group; } p;
+
+shared float rg[WG], ru[WG];
+
+void main() {
+    const uint f = gl_WorkGroupID.x, t = gl_WorkGroupID.y, j = gl_WorkGroupID.z;
+    if (f >= p.ff || t >= p.n) return;
+    const uint lid = gl_LocalInvocationID.x;
+    const uint e   = USE_IDS ? uint(ids[t * p.k + j]) : j;
+    const uint r0  = e * 2 * p.ff + f, r1 = r0 + p.ff;
+    float g = 0.0, u = 0.0;
+    for (uint i = lid; i < p.in_f; i += WG) {
+        const float xv = x[t * p.in_f + i];
+        g += qweight(r0, i, p.in_f, p.ff, p.row_bytes, p.n_groups, p.group) * xv;
+        u += qweight(r1, i, p.in_f, p.ff, p.row_bytes, p.n_groups, p.group) * xv;
+    }
+    rg[lid] = g;
+    ru[lid] = u;
+    barrier();
+    for (uint s = WG / 2; s > 0; s >>= 1) {
+        if (lid < s) {
+            rg[lid] += rg[lid + s];
+            ru[lid] += ru[lid + s];
+        }
+        barrier();
+    }
+    if (lid == 0) {
+        const float gv = rg[0];
+        h[(t * p.k + j) * p.ff + f] = gv / (1.0 + exp(-gv)) * ru[0];
+    }
+}

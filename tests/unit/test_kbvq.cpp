@@ -1,0 +1,360 @@
+// KBVQ-MoE (methods.md §2, docs/FORMAT.md "kbvq"): the KbvqLinear decode formula by hand and its forward parity,
+// IDRE's activation-weighted joint decomposition against the unweighted one and against a planted shared subspace,
+// the BCOS least-squares fit and its held-out bias figure, the checkpoint round trip (logits), the dequantized
+// export, the loader's refusals, and the pipeline end to end (BCOS lowers the MoE output bias on the held-out fold,
+// deterministic for a seed).
+#include "engine/core/dtype.h"
+#include "engine/core/error.h"
+#include "engine/core/safetensors.h"
+#include "engine/core/tokenizer.h"
+#include "engine/cpu/kbvq_linear.h"
+#include "engine/cpu/model.h"
+#include "quantizer/format/checkpoint_writer.h"
+#include "quantizer/methods/kbvq.h"
+#include "quantizer/pipeline.h"
+#include "checkpoint_test_util.h"
+#include "quant_test_util.h"
+#include "test_util.h"
+
+#include <Eigen/Dense>
+#include <cmath>
+#include <gtest/gtest.h>
+#include <random>
+
+using namespace moebius;
+using moebius::test::correlated_h;
+using moebius::test::edit_config;
+using moebius::test::expect_load_error;
+using moebius::test::random_w;
+namespace fs = std::filesystem;
+
+namespace {
+
+float f16r(float v) { return f16_to_f32(f32_to_f16(v)); }
+
+VqWeights random_vq(int out, int in, uint32_t seed) {
+    std::mt19937                          rng(seed);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    VqWeights                             w;
+    w.out = out, w.in = in, w.dim = 2, w.bits = 2, w.group_cols = in, w.rows_per_codebook = 8;
+    w.codebooks.resize((size_t)w.n_codebooks() * w.k() * w.dim);
+    for (auto& v : w.codebooks) v = f16r(0.1f * u(rng));
+    w.codes.resize((size_t)out * (in / w.dim));
+    std::uniform_int_distribution<int> ci(0, w.k() - 1);
+    for (auto& c : w.codes) c = (uint16_t)ci(rng);
+    return w;
+}
+
+std::shared_ptr<KbvqShared> random_shared(int out, int rank, bool bias, uint32_t seed) {
+    std::mt19937                          rng(seed);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    auto                                  s = std::make_shared<KbvqShared>();
+    s->rank                                 = rank;
+    for (int i = 0; i < out * rank; ++i) s->basis.push_back(f16r(u(rng)));
+    for (int i = 0; i < out; ++i) s->gamma.push_back(f16r(1 + 0.1f * u(rng)));
+    if (bias)
+        for (int i = 0; i < out; ++i) s->beta.push_back(f16r(0.05f * u(rng)));
+    return s;
+}
+
+KbvqPacked random_coef(int rank, int in, uint32_t seed) {
+    std::mt19937                       rng(seed);
+    std::uniform_int_distribution<int> c(-127, 127);
+    KbvqPacked                         p;
+    p.rank = rank;
+    for (int i = 0; i < rank * in; ++i) p.coef.push_back((int8_t)c(rng));
+    for (int k = 0; k < rank; ++k) p.coef_scales.push_back(f32_to_f16(0.001f * (k + 1)));
+    return p;
+}
+
+const std::vector<int32_t> k_ids{71, 276, 281, 277, 32, 56, 10, 296, 388, 1398, 1496, 646, 111, 390, 44, 267};
+
+std::vector<float> logits_of(const Model& m, const std::vector<int32_t>& ids) {
+    KVCache            c = m.new_cache((int)ids.size());
+    std::vector<float> out(ids.size() * m.spec().n_vocab);
+    m.forward(ids.data(), (int)ids.size(), c, out.data(), true);
+    return out;
+}
+
+// Σ_e ‖(W_e − B C_e) X_e‖² with H_e = X_eᵀX_e, for the decomposition's unquantized coefficients.
+double idre_objective(const quant::IdreResult& r, const std::vector<std::vector<float>>& W, int out, int in,
+                      const std::vector<std::vector<double>>& H) {
+    double s = 0;
+    for (size_t e = 0; e < W.size(); ++e) {
+        std::vector<float> lr((size_t)out * in, 0.f);
+        for (int o = 0; o < out; ++o)
+            for (int k = 0; k < r.rank; ++k)
+                for (int j = 0; j < in; ++j)
+                    lr[(size_t)o * in + j] += (float)(r.basis[(size_t)o * r.rank + k] * r.coef[e][(size_t)k * in + j]);
+        s += test::hessian_objective(W[e], lr, out, in, H[e]);
+    }
+    return s;
+}
+
+// Layer 1 of the bundled model with its routed experts' down projections replaced by KBVQ (rank 2, random Hessians
+// per expert, a BCOS-like γ and β), written to dir/"kbvq".
+std::unique_ptr<Model> kbvq_model_written_to(const fs::path& dir, bool bias) {
+    auto        m = Model::load(test::bundled_model());
+    auto&       L = m->layer(1);
+    const int   E = (int)L.experts.size();
+    const int   out = L.experts[0][2]->out_features(), in = L.experts[0][2]->in_features();
+    std::vector<std::vector<float>>          W(E);
+    std::vector<std::vector<double>>         Hs(E);
+    std::vector<const std::vector<double>*>  Hp(E);
+    for (int e = 0; e < E; ++e) W[e] = L.experts[e][2]->dequantize(), Hs[e] = correlated_h(in, 256, 10 + e), Hp[e] = &Hs[e];
+    const auto idre  = quant::idre_decompose(W, out, in, Hp, 2);
+    auto       sh    = random_shared(out, 2, bias, 4);
+    sh->basis        = idre.basis;
+    const std::string owner = m->spec().linear_name(1, LinearKind::ExpertDown, 0);
+    for (int e = 0; e < E; ++e) {
+        quant::GptvqOptions vo;
+        vo.kmeans.iters = 5;
+        vo.group_size   = 2048;
+        KbvqPacked p;
+        p.rank = 2, p.owner = owner, p.is_owner = e == 0;
+        KbvqLinear::quantize_coef(idre.coef[e], 2, in, p.coef, p.coef_scales);
+        L.experts[e][2] = std::make_unique<KbvqLinear>(quant::gptvq_quantize(W[e].data(), out, in, Hs[e], vo),
+                                                       std::move(p), sh);
+    }
+    quant::WriteOptions wo;
+    wo.quantization = {{"method", "kbvq-test"}};
+    quant::write_checkpoint(*m, test::bundled_model(), dir / "kbvq", wo);
+    return m;
+}
+
+quant::CalibrationSet tiny_calibration(int n, int seqlen) {
+    auto ids = Tokenizer::from_file(test::bundled_model() / "tokenizer.json")
+                   .encode(test::read_text(test::resources_dir() / "corpus" / "train.txt").substr(0, 200000));
+    return quant::random_windows(ids, n, seqlen, 7, "train.txt");
+}
+
+} // namespace
+
+// ---- format ---------------------------------------------------------------------------------------------------------
+
+TEST(KbvqLinear, DecodeFormulaByHandAndForwardParity) {
+    const int out = 16, in = 32, rank = 3;
+    auto      vq = random_vq(out, in, 1);
+    auto      sh = random_shared(out, rank, true, 2);
+    auto      p  = random_coef(rank, in, 3);
+    const KbvqPacked pc = p;
+    KbvqLinear       lin(vq, std::move(p), sh);
+    const auto       r  = vq.dequantize();
+    const auto       w  = lin.dequantize();
+    for (int o = 0; o < out; ++o)
+        for (int j = 0; j < in; ++j) {
+            double lr = 0;
+            for (int k = 0; k < rank; ++k)
+                lr += (double)sh->basis[o * rank + k] * f16_to_f32(pc.coef_scales[k]) * pc.coef[k * in + j];
+            ASSERT_NEAR(w[(size_t)o * in + j], sh->gamma[o] * (r[(size_t)o * in + j] + lr), 1e-5) << o << "," << j;
+        }
+    // forward = x Wᵀ + β; for n ≤ 4 bit-identical to the dense GEMV of the same rows.
+    DenseLinear dense(in, out, w);
+    for (int n : {1, 3, 9}) {
+        auto               x = random_w(n, in, 40 + n);
+        std::vector<float> y1((size_t)n * out), y2((size_t)n * out);
+        dense.forward(x.data(), n, y1.data());
+        lin.forward(x.data(), n, y2.data());
+        for (int t = 0; t < n; ++t)
+            for (int o = 0; o < out; ++o) {
+                const float ref = y1[(size_t)t * out + o] + sh->beta[o];
+                if (n <= 4)
+                    ASSERT_EQ(y2[(size_t)t * out + o], ref) << n;
+                else
+                    ASSERT_NEAR(y2[(size_t)t * out + o], ref, 1e-5f * (1 + std::abs(ref))) << n;
+            }
+    }
+    // Shared arrays are counted by the owner only.
+    KbvqPacked owner = pc, member = pc;
+    owner.is_owner   = true;
+    KbvqLinear a(vq, owner, sh), b(vq, member, sh);
+    EXPECT_EQ(a.storage_bytes() - b.storage_bytes(), 2u * (out * rank + 2 * out));
+    EXPECT_EQ(b.storage_bytes(), VqLinear(vq).storage_bytes() + rank * in + 2 * rank);
+    // Inconsistent shared arrays are refused.
+    auto bad = std::make_shared<KbvqShared>(*sh);
+    bad->gamma.pop_back();
+    EXPECT_THROW(KbvqLinear(vq, pc, bad), FormatError);
+    bad = std::make_shared<KbvqShared>(*sh);
+    bad->basis[0] = 0.1f; // not an f16 value
+    EXPECT_THROW(KbvqLinear(vq, pc, bad), FormatError);
+}
+
+TEST(KbvqLinear, CheckpointRoundTripKeepsLogitsAndExport) {
+    auto dir = test::scratch_dir("kbvq-ckpt");
+    for (bool bias : {true, false}) {
+        const fs::path d = dir / (bias ? "b" : "nb");
+        auto           m = kbvq_model_written_to(d, bias);
+        auto           q = Model::load(d / "kbvq");
+        ASSERT_NE(dynamic_cast<const KbvqLinear*>(q->layer(1).experts[5][2].get()), nullptr);
+        for (int e : {0, 5})
+            EXPECT_EQ(q->layer(1).experts[e][2]->dequantize(), m->layer(1).experts[e][2]->dequantize()) << e;
+        const auto lq = logits_of(*q, k_ids);
+        EXPECT_EQ(lq, logits_of(*m, k_ids));
+        for (float v : lq) ASSERT_TRUE(std::isfinite(v));
+        // The shared tensors are stored once, with expert 0.
+        auto              st   = SafetensorsFile::open(d / "kbvq" / "model.safetensors");
+        const std::string e0   = q->spec().linear_name(1, LinearKind::ExpertDown, 0);
+        const std::string e5   = q->spec().linear_name(1, LinearKind::ExpertDown, 5);
+        EXPECT_NE(st->find(e0 + ".kbvq_basis"), nullptr);
+        EXPECT_EQ(st->find(e5 + ".kbvq_basis"), nullptr);
+        EXPECT_EQ(st->find(e0 + ".kbvq_beta") != nullptr, bias);
+        EXPECT_EQ(q->spec().quantization["modules"][e5]["shared"], e0);
+        // Dequantized export: exact without β (plain Qwen2-MoE checkpoints have no expert biases, docs/FORMAT.md).
+        quant::WriteOptions de;
+        de.dequantized = true;
+        de.dtype       = DType::F32;
+        quant::write_checkpoint(*q, d / "kbvq", d / "deq", de);
+        const auto ld = logits_of(*Model::load(d / "deq"), k_ids);
+        if (bias)
+            EXPECT_NE(ld, lq);
+        else
+            EXPECT_EQ(ld, lq);
+    }
+}
+
+TEST(KbvqLinear, LoaderRejectsInconsistentCheckpoints) {
+    auto              dir = test::scratch_dir("kbvq-loader");
+    auto              m   = kbvq_model_written_to(dir, true);
+    const auto        src = dir / "kbvq";
+    const std::string e3  = m->spec().linear_name(1, LinearKind::ExpertDown, 3);
+    auto fresh = [&](const std::string& name) {
+        fs::copy(src, dir / name, fs::copy_options::recursive);
+        return dir / name;
+    };
+    auto config_case = [&](const std::string& name, const std::function<void(nlohmann::ordered_json&)>& edit,
+                           const std::string& what) {
+        auto d = fresh(name);
+        edit_config(d, [&](auto& cfg) { edit(cfg["quantization_config"]["modules"][e3]); });
+        expect_load_error(d, {(d / "config.json").string(), e3, what});
+    };
+    config_case("rank-missing", [](auto& q) { q.erase("rank"); }, "\"rank\"");
+    config_case("rank-bad", [](auto& q) { q["rank"] = -1; }, "rank must be");
+    config_case("shared-missing", [](auto& q) { q.erase("shared"); }, "\"shared\"");
+    config_case("bias-missing", [](auto& q) { q.erase("bias"); }, "\"bias\"");
+    {
+        // A rank that does not match the stored coefficients: the message names the file and the tensor.
+        auto d = fresh("rank-shape");
+        edit_config(d, [&](auto& cfg) { cfg["quantization_config"]["modules"][e3]["rank"] = 3; });
+        expect_load_error(d, {(d / "model.safetensors").string(), e3 + ".kbvq_coef", "I8 [3, 128]", "I8 [2, 128]"});
+    }
+    {
+        // The owner's basis must have this module's rank.
+        auto d = fresh("shared-other");
+        edit_config(d, [&](auto& cfg) {
+            cfg["quantization_config"]["modules"][e3]["shared"] = m->spec().linear_name(1, LinearKind::ExpertDown, 2);
+        });
+        EXPECT_THROW(Model::load(d), NotFoundError); // expert 2 holds no shared tensors
+    }
+    EXPECT_NO_THROW(Model::load(fresh("ok")));
+}
+
+// ---- IDRE -----------------------------------------------------------------------------------------------------------
+
+TEST(Kbvq, IdreActivationWeightedBeatsPlainJointSvdOnItsObjective) {
+    const int out = 24, in = 32, E = 6, rank = 3;
+    std::vector<std::vector<float>>         W(E);
+    std::vector<std::vector<double>>        H(E);
+    std::vector<const std::vector<double>*> Hp(E);
+    for (int e = 0; e < E; ++e) W[e] = random_w(out, in, 100 + e), H[e] = correlated_h(in, 200, 200 + e), Hp[e] = &H[e];
+    const auto w = quant::idre_decompose(W, out, in, Hp, rank, true, 1e-6);
+    const auto p = quant::idre_decompose(W, out, in, Hp, rank, false);
+    ASSERT_EQ(w.rank, rank);
+    const double ow = idre_objective(w, W, out, in, H), op = idre_objective(p, W, out, in, H);
+    double       total = 0;
+    for (int e = 0; e < E; ++e) total += test::hessian_objective(W[e], std::vector<float>(W[e].size(), 0.f), out, in, H[e]);
+    EXPECT_LT(ow, op);
+    EXPECT_LT(ow, total);
+    // The basis is orthonormal up to f16 rounding; rank 0 keeps nothing.
+    Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> B(w.basis.data(), out, rank);
+    EXPECT_LT((B.transpose() * B - Eigen::MatrixXf::Identity(rank, rank)).cwiseAbs().maxCoeff(), 2e-3f);
+    EXPECT_EQ(quant::idre_decompose(W, out, in, Hp, 0).basis.size(), 0u);
+}
+
+TEST(Kbvq, IdreRecoversAPlantedSharedSubspace) {
+    // W_e = S A_e + noise with S (out, 2) common to every expert: the rank-2 basis must span S.
+    const int out = 20, in = 16, E = 5;
+    auto      S = random_w(out, 2, 9);
+    std::vector<std::vector<float>>         W(E);
+    std::vector<std::vector<double>>        H(E);
+    std::vector<const std::vector<double>*> Hp(E);
+    for (int e = 0; e < E; ++e) {
+        auto A = random_w(2, in, 50 + e), N = random_w(out, in, 60 + e, 0.01f);
+        W[e]   = N;
+        for (int o = 0; o < out; ++o)
+            for (int j = 0; j < in; ++j) W[e][o * in + j] += S[o * 2] * A[j] + S[o * 2 + 1] * A[in + j];
+        H[e] = correlated_h(in, 100, 70 + e), Hp[e] = &H[e];
+    }
+    const auto r = quant::idre_decompose(W, out, in, Hp, 2);
+    Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> B(r.basis.data(), out, 2),
+        Sm(S.data(), out, 2);
+    const Eigen::MatrixXf resid = Sm - B * (B.transpose() * Sm);
+    EXPECT_LT(resid.norm() / Sm.norm(), 0.02f);
+}
+
+// ---- BCOS -----------------------------------------------------------------------------------------------------------
+
+TEST(Kbvq, BcosRecoversAPlantedAffineAndReportsHeldOutBias) {
+    const int                        C = 8;
+    std::mt19937                     rng(3);
+    std::normal_distribution<double> nd(0, 1);
+    std::uniform_real_distribution<double> us(0.2, 1.0);
+    quant::BcosFit                   fit(C);
+    std::vector<double>              g(C), b(C);
+    for (int c = 0; c < C; ++c) g[c] = 0.8 + 0.05 * c, b[c] = 0.3 - 0.1 * c;
+    std::vector<float> yq(C), yf(C);
+    for (int t = 0; t < 4000; ++t) {
+        const double s = us(rng);
+        for (int c = 0; c < C; ++c) {
+            yq[c] = (float)(nd(rng) + 0.5);
+            yf[c] = (float)(g[c] * yq[c] + b[c] * s + 0.01 * nd(rng));
+        }
+        fit.add(t % 2, yq.data(), yf.data(), s);
+    }
+    const auto r = fit.solve(true);
+    EXPECT_EQ(r.tokens, 4000);
+    for (int c = 0; c < C; ++c) {
+        EXPECT_NEAR(r.gamma[c], g[c], 2e-3) << c;
+        EXPECT_NEAR(r.beta[c], b[c], 5e-3) << c;
+    }
+    EXPECT_GT(r.bias_before, 0.05);
+    EXPECT_LT(r.bias_after, 0.01 * r.bias_before + 1e-3);
+    const auto ng = fit.solve(false); // γ only: β stays 0
+    for (int c = 0; c < C; ++c) EXPECT_EQ(ng.beta[c], 0.0);
+}
+
+// ---- pipeline -------------------------------------------------------------------------------------------------------
+
+TEST(Kbvq, PipelineBcosLowersHeldOutBiasAndIsDeterministic) {
+    // 2,048 tokens (1,024 per fold): with fewer, fitting 2 values per channel on one fold overfits it.
+    auto calib = tiny_calibration(16, 128);
+    quant::QuantizeOptions opt;
+    opt.method             = "kbvq";
+    opt.bits               = 2;
+    opt.vq_dim             = 2;
+    opt.kbvq_rank          = 2;
+    opt.quantize_attention = false;
+    auto a  = Model::load(test::bundled_model());
+    auto ra = quant::quantize_model(*a, calib, opt);
+    ASSERT_EQ(ra.moe_output_bias.size(), (size_t)a->spec().n_layer);
+    for (const auto& l : ra.moe_output_bias) {
+        EXPECT_GT(l.tokens, 0);
+        EXPECT_LT(l.after, l.before) << "layer " << l.layer;
+    }
+    auto* d = dynamic_cast<const KbvqLinear*>(a->layer(2).experts[4][2].get());
+    ASSERT_NE(d, nullptr);
+    EXPECT_EQ(d->rank(), 2);
+    EXPECT_FALSE(d->shared()->beta.empty());
+    EXPECT_EQ(a->layer(2).shared_down->format(), "vq"); // outside the routed experts: GPTVQ
+    // Same seed and calibration: the same weights.
+    auto b = Model::load(test::bundled_model());
+    quant::quantize_model(*b, calib, opt);
+    for (int il : {0, 3})
+        for (int k = 0; k < 3; ++k)
+            EXPECT_EQ(a->layer(il).experts[9][k]->dequantize(), b->layer(il).experts[9][k]->dequantize()) << il << k;
+    // The packed checkpoint reproduces the quantized model's logits.
+    auto dir = test::scratch_dir("kbvq-pipe");
+    quant::WriteOptions wo;
+    wo.quantization = {{"method", "kbvq"}};
+    quant::write_checkpoint(*a, test::bundled_model(), dir / "q", wo);
+    EXPECT_EQ(logits_of(*Model::load(dir / "q"), k_ids), logits_of(*a, k_ids));
+}

@@ -1,0 +1,274 @@
+// MoBiE: the CEJD linear (storage + forward), the joint decomposition's math, NGES's router protection, and the
+// whole method on the bundled model (packed checkpoint = dequantized export, the MoE block's shared-basis path).
+#include <gtest/gtest.h>
+
+#include <Eigen/Dense>
+#include <random>
+
+#include "engine/core/error.h"
+#include "engine/core/tokenizer.h"
+#include "engine/cpu/binary_linear.h"
+#include "engine/cpu/cejd_linear.h"
+#include "engine/cpu/model.h"
+#include "engine/cpu/nbit_linear.h"
+#include "engine/eval/perplexity.h"
+#include "checkpoint_test_util.h"
+#include "quant_test_util.h"
+#include "quantizer/calibration/calibration_data.h"
+#include "quantizer/format/checkpoint_writer.h"
+#include "quantizer/methods/cejd.h"
+#include "quantizer/methods/mobie.h"
+#include "quantizer/methods/uniform_quant.h"
+#include "quantizer/pipeline.h"
+#include "test_util.h"
+
+using namespace moebius;
+using namespace moebius::quant;
+
+namespace {
+
+using RMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+RMat as_mat(const std::vector<float>& v, int r, int c) {
+    RMat m(r, c);
+    for (int i = 0; i < r * c; ++i) m.data()[i] = v[i];
+    return m;
+}
+
+std::unique_ptr<Linear> int8(const std::vector<float>& w, int out, int in) {
+    UniformConfig c;
+    c.bits  = 8;
+    c.group = -1;
+    return make_nbit_linear(rtn_quantize(w.data(), out, in, c));
+}
+
+// A CEJD linear with a 1-bit residual and 8-bit factors; input or output side.
+std::unique_ptr<CejdLinear> make_cejd(bool input, int out, int in, int rank, uint32_t seed) {
+    auto R     = test::random_w(out, in, seed);
+    auto res   = std::make_unique<BinaryLinear>(rtn_binarize(R.data(), out, in, in));
+    auto coef  = input ? int8(test::random_w(out, rank, seed + 1), out, rank) : int8(test::random_w(rank, in, seed + 1), rank, in);
+    std::shared_ptr<const Linear> basis =
+        input ? int8(test::random_w(rank, in, seed + 2), rank, in) : int8(test::random_w(out, rank, seed + 2), out, rank);
+    return std::make_unique<CejdLinear>(std::move(res), std::move(coef), basis, input, "owner", true);
+}
+
+std::vector<float> logits_of(const Model& m, const std::vector<int32_t>& ids, const Hooks* hooks = nullptr) {
+    KVCache            c = m.new_cache((int)ids.size());
+    std::vector<float> out(ids.size() * m.spec().n_vocab);
+    m.forward(ids.data(), (int)ids.size(), c, out.data(), true, hooks);
+    return out;
+}
+
+double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
+    double d = 0, n = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+        d = std::max(d, (double)std::abs(a[i] - b[i]));
+        n = std::max(n, (double)std::abs(b[i]));
+    }
+    return d / n;
+}
+
+} // namespace
+
+TEST(CejdLinear, ForwardEqualsDequantizedWeightOnBothSides) {
+    for (bool input : {true, false}) {
+        const int out = 40, in = 64, rank = 6, n = 5;
+        auto      lin = make_cejd(input, out, in, rank, input ? 11 : 12);
+        EXPECT_EQ(lin->rank(), rank);
+        const RMat W = as_mat(lin->dequantize(), out, in);
+        // The dequantized weight is residual + low-rank product, computed here independently.
+        const RMat C = as_mat(lin->coef().dequantize(), lin->coef().out_features(), lin->coef().in_features());
+        const RMat B = as_mat(lin->basis()->dequantize(), lin->basis()->out_features(), lin->basis()->in_features());
+        const RMat expect = as_mat(lin->residual().dequantize(), out, in) + (input ? RMat(C * B) : RMat(B * C));
+        EXPECT_LT((W - expect).cwiseAbs().maxCoeff(), 1e-5 * expect.cwiseAbs().maxCoeff());
+        auto               x = test::random_w(n, in, 99);
+        std::vector<float> y((size_t)n * out);
+        lin->forward(x.data(), n, y.data());
+        const RMat ref = as_mat(x, n, in) * W.transpose();
+        EXPECT_LT((as_mat(y, n, out) - ref).cwiseAbs().maxCoeff(), 1e-4 * ref.cwiseAbs().maxCoeff()) << input;
+        // The owner counts the basis, the others do not.
+        EXPECT_EQ(lin->storage_bytes(),
+                  lin->residual().storage_bytes() + lin->coef().storage_bytes() + lin->basis()->storage_bytes());
+    }
+    // Shapes that do not fit are refused.
+    auto res = std::make_unique<BinaryLinear>(rtn_binarize(test::random_w(8, 16, 1).data(), 8, 16, 16));
+    auto bad = [&] {
+        CejdLinear(std::move(res), int8(test::random_w(8, 4, 2), 8, 4), int8(test::random_w(3, 16, 3), 3, 16), true, "o",
+                   true);
+    };
+    EXPECT_THROW(bad(), InputError);
+}
+
+TEST(Cejd, InputBasisFindsSharedSubspaceAndCoefficientsAreLeastSquares) {
+    // Experts sharing a rank-4 row space plus small private noise; correlated inputs.
+    const int E = 6, out = 24, in = 32, r = 4;
+    auto      B0 = test::random_w(r, in, 5);
+    std::vector<std::vector<float>> W(E);
+    std::vector<const float*>       Wp;
+    for (int e = 0; e < E; ++e) {
+        RMat w = as_mat(test::random_w(out, r, 10 + e), out, r) * as_mat(B0, r, in) +
+                 0.01 * as_mat(test::random_w(out, in, 30 + e), out, in);
+        W[e].assign(w.data(), w.data() + w.size());
+        Wp.push_back(W[e].data());
+    }
+    const auto H = test::correlated_h(in, 400, 3);
+    std::vector<double> Hn(H);
+    for (double& v : Hn) v /= 400;
+    const auto B = cejd_input_basis(Wp, out, in, Hn, {}, r);
+    ASSERT_EQ(B.size(), (size_t)r * in);
+    double fitted = 0, random_basis = 0, ref = 0;
+    const auto Brand = test::random_w(r, in, 77);
+    for (int e = 0; e < E; ++e) {
+        const RMat w  = as_mat(W[e], out, in);
+        auto       C  = cejd_input_coef(W[e].data(), out, in, B, r, H);
+        auto       Cr = cejd_input_coef(W[e].data(), out, in, Brand, r, H);
+        std::vector<float> low(w.size()), lowr(w.size());
+        RMat l = as_mat(C, out, r) * as_mat(B, r, in), lr = as_mat(Cr, out, r) * as_mat(Brand, r, in);
+        for (int i = 0; i < out * in; ++i) {
+            low[i]  = (float)l.data()[i];
+            lowr[i] = (float)lr.data()[i];
+        }
+        fitted += test::hessian_objective(W[e], low, out, in, H);
+        random_basis += test::hessian_objective(W[e], lowr, out, in, H);
+        ref += test::hessian_objective(W[e], std::vector<float>(w.size(), 0.f), out, in, H);
+        // Least squares: any perturbation of the coefficients raises the objective.
+        std::mt19937                    rng(e);
+        std::normal_distribution<float> nd(0, 0.01f);
+        auto                            Cp = C;
+        for (auto& v : Cp) v += nd(rng);
+        RMat lp = as_mat(Cp, out, r) * as_mat(B, r, in);
+        std::vector<float> lowp(w.size());
+        for (int i = 0; i < out * in; ++i) lowp[i] = (float)lp.data()[i];
+        EXPECT_GT(test::hessian_objective(W[e], lowp, out, in, H), test::hessian_objective(W[e], low, out, in, H));
+    }
+    EXPECT_LT(fitted, 1e-3 * ref);
+    EXPECT_LT(fitted, 1e-2 * random_basis);
+    EXPECT_THROW(cejd_input_basis(Wp, out, in, Hn, {}, in + 1), InputError);
+}
+
+TEST(Cejd, RouterMetricKeepsTheRefitErrorOutOfTheRoutersDirections) {
+    // NGES: with the router's directions in the output metric, the shared output basis spans them and the refit
+    // coefficients absorb the residual's error there; the router then sees far less of the error.
+    const int E = 4, out = 48, in = 32, r = 6, n_router = 4;
+    std::vector<std::vector<float>>          W(E);
+    std::vector<const float*>                Wp;
+    std::vector<std::vector<double>>         H(E);
+    std::vector<const std::vector<double>*>  Hp;
+    for (int e = 0; e < E; ++e) {
+        W[e] = test::random_w(out, in, 100 + e);
+        Wp.push_back(W[e].data());
+        H[e] = test::correlated_h(in, 200, 200 + e);
+    }
+    for (auto& h : H) Hp.push_back(&h);
+    const RMat Rt = as_mat(test::random_w(n_router, out, 9), n_router, out);
+    std::vector<double> M((size_t)out * out, 0.0);
+    const double        s = (double)out / Rt.squaredNorm();
+    for (int i = 0; i < out; ++i)
+        for (int j = 0; j < out; ++j) M[(size_t)i * out + j] = (i == j) + s * Rt.col(i).dot(Rt.col(j));
+    auto router_error = [&](const std::vector<double>& metric) {
+        const auto B = cejd_output_basis(Wp, out, in, Hp, metric, r);
+        double     seen = 0;
+        for (int e = 0; e < E; ++e) {
+            // A stand-in for the binarized residual's error: W minus a noisy copy.
+            auto noisy = W[e];
+            std::mt19937                    rng(e);
+            std::normal_distribution<float> nd(0, 0.3f);
+            for (auto& v : noisy) v += nd(rng);
+            std::vector<float> A(W[e].size()); // W − R̂ with R̂ = noisy − (what the low rank carried): here A = W − noisy + W
+            for (size_t i = 0; i < A.size(); ++i) A[i] = W[e][i] - noisy[i];
+            const auto C   = cejd_output_coef(A.data(), out, in, B, r, metric);
+            const RMat err = as_mat(A, out, in) - as_mat(B, out, r) * as_mat(C, r, in); // what is left
+            seen += (Rt * err).squaredNorm() / (Rt * as_mat(A, out, in)).squaredNorm();
+        }
+        return seen / E;
+    };
+    const double plain = router_error({}), guarded = router_error(M);
+    EXPECT_LT(guarded, 0.2 * plain) << "plain " << plain << " guarded " << guarded;
+}
+
+TEST(Mobie, BundledModelCheckpointMatchesExportAndSharedBasisPath) {
+    auto text = Tokenizer::from_file(test::bundled_model() / "tokenizer.json")
+                    .encode(test::read_text(test::resources_dir() / "corpus" / "test.txt"));
+    text.resize(2 * 128);
+    auto ids_train = Tokenizer::from_file(test::bundled_model() / "tokenizer.json")
+                         .encode(test::read_text(test::resources_dir() / "corpus" / "train.txt").substr(0, 200000));
+    CalibrationSet calib = random_windows(ids_train, 4, 64, 7, "train.txt");
+    auto           m     = Model::load(test::bundled_model());
+    QuantizeOptions opt;
+    opt.method     = "mobie";
+    opt.mobie_rank = 4;
+    auto rep       = quantize_model(*m, calib, opt);
+    const auto& L0 = m->layer(0);
+    EXPECT_EQ(L0.experts[0][0]->format(), "cejd");
+    EXPECT_EQ(L0.experts[3][2]->format(), "cejd");
+    EXPECT_EQ(L0.q->format(), "binary");
+    EXPECT_EQ(L0.shared_down->format(), "binary");
+    for (const auto& mr : rep.modules) {
+        EXPECT_GT(mr.rel_error, 0);
+        EXPECT_LT(mr.rel_error, 0.5) << mr.name;
+    }
+    const double p_rtn = [&] {
+        auto            r = Model::load(test::bundled_model());
+        QuantizeOptions o;
+        o.method = "rtn";
+        o.bits   = 1;
+        quantize_model(*r, {}, o);
+        return perplexity(*r, text, 128).ppl;
+    }();
+    const double p = perplexity(*m, text, 128).ppl;
+    EXPECT_LT(p, p_rtn);
+
+    // The MoE block's shared-basis path (B x once per token; B Σ g C h once after the sum) equals the per-expert path
+    // that statistics hooks force.
+    std::vector<int32_t> ids(text.begin(), text.begin() + 48);
+    const auto           fast = logits_of(*m, ids);
+    Hooks                h;
+    h.on_linear = [](const LinearEvent&) {};
+    const auto slow = logits_of(*m, ids, &h);
+    EXPECT_LT(rel_diff(fast, slow), 1e-5);
+
+    // Packed checkpoint: reloads to the same logits; its dequantized export agrees to 1e-4.
+    auto dir = test::scratch_dir("qmobie");
+    const WriteReport wr = write_checkpoint(*m, test::bundled_model(), dir / "packed", WriteOptions{});
+    WriteOptions      deq;
+    deq.dequantized = true;
+    deq.dtype       = DType::F32;
+    write_checkpoint(*m, test::bundled_model(), dir / "deq", deq);
+    auto packed = Model::load(dir / "packed"), plain = Model::load(dir / "deq");
+    EXPECT_EQ(packed->layer(1).experts[5][1]->format(), "cejd");
+    EXPECT_LT(rel_diff(logits_of(*packed, ids), fast), 1e-6);
+    EXPECT_LT(rel_diff(logits_of(*plain, ids), fast), 1e-4);
+    // The writer's quantized bytes are the reported storage (the basis counted once per group).
+    int64_t bytes = 0;
+    for (const auto& mr : rep.modules) bytes += mr.bytes;
+    EXPECT_EQ(bytes, wr.quantized_bytes);
+
+    // Malformed cejd entries are refused with the file and the module named.
+    const std::string mod = m->spec().linear_name(2, LinearKind::ExpertUp, 3);
+    auto corrupt = [&](const char* what, const std::function<void(nlohmann::ordered_json&)>& f,
+                       std::initializer_list<std::string> parts) {
+        SCOPED_TRACE(what);
+        const auto d = dir / (std::string("bad-") + what);
+        std::filesystem::copy(dir / "packed", d, std::filesystem::copy_options::recursive);
+        test::edit_config(d, [&](nlohmann::ordered_json& c) { f(c["quantization_config"]["modules"][mod]); });
+        test::expect_load_error(d, parts);
+    };
+    {
+        // An owner that does not hold the basis: the missing tensor is named.
+        const auto d = dir / "bad-owner";
+        std::filesystem::copy(dir / "packed", d, std::filesystem::copy_options::recursive);
+        test::edit_config(d, [&](nlohmann::ordered_json& c) {
+            c["quantization_config"]["modules"][mod]["owner"] = "model.layers.2.mlp.experts.9.up_proj";
+        });
+        try {
+            Model::load(d);
+            ADD_FAILURE() << "expected an error";
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find("experts.9.up_proj.cejd_basis"), std::string::npos) << e.what();
+        }
+    }
+    corrupt("side", [](auto& q) { q["side"] = "middle"; }, {"config.json", mod, "side"});
+    corrupt("rank", [](auto& q) { q["rank"] = 5; }, {"config.json", mod});
+    corrupt("nested", [](auto& q) { q["residual"]["format"] = "cejd"; }, {"config.json", mod, "cejd again"});
+    corrupt("coef", [](auto& q) { q.erase("coef"); }, {"config.json", mod, "coef"});
+}
