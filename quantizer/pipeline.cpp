@@ -65,6 +65,20 @@ void validate_options(const QuantizeOptions& o, const ModelSpec& spec) {
     if (o.damp < 0) throw InputError("--damp must not be negative");
 }
 
+nlohmann::ordered_json quantization_metadata(const QuantizeOptions& opt, const CalibrationSet& calib) {
+    return {{"method", opt.method},
+            {"bits", opt.bits},
+            {"group_size", opt.group},
+            {"sym", opt.sym},
+            {"act_order", opt.act_order},
+            {"damp", opt.damp},
+            {"calibration",
+             {{"source", opt.method == "rtn" ? "none" : calib.source},
+              {"samples", calib.samples.size()},
+              {"seqlen", calib.seqlen},
+              {"seed", calib.seed}}}};
+}
+
 nlohmann::ordered_json QuantizeReport::to_json() const {
     nlohmann::ordered_json j;
     auto                   under = nlohmann::ordered_json::array();

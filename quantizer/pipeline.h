@@ -93,6 +93,9 @@ bool                     is_binary_method(const std::string& method); // billm, 
 // Throws InputError for an unknown method, bits out of range or a group that does not divide the input sizes.
 void validate_options(const QuantizeOptions& opt, const ModelSpec& spec);
 
+// The method-level fields a quantized checkpoint's quantization_config records (method, grid, calibration).
+nlohmann::ordered_json quantization_metadata(const QuantizeOptions& opt, const CalibrationSet& calib);
+
 // Quantizes `model` in place (its linears are replaced by packed ones). The calibration set may be ignored (RTN).
 QuantizeReport quantize_model(Model& model, const CalibrationSet& calib, const QuantizeOptions& opt,
                               const ProgressFn& progress = {});

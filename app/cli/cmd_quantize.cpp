@@ -118,17 +118,7 @@ int cmd_quantize(const Argv& argv) {
     WriteOptions   wo;
     wo.force           = args.flag("force");
     wo.max_shard_bytes = shard_mb << 20;
-    wo.quantization = {{"method", opt.method},
-                       {"bits", opt.bits},
-                       {"group_size", opt.group},
-                       {"sym", opt.sym},
-                       {"act_order", opt.act_order},
-                       {"damp", opt.damp},
-                       {"calibration",
-                        {{"source", opt.method == "rtn" ? "none" : calib.source},
-                         {"samples", calib.samples.size()},
-                         {"seqlen", calib.seqlen},
-                         {"seed", calib.seed}}}};
+    wo.quantization = quant::quantization_metadata(opt, calib);
     WriteReport wr = write_checkpoint(*model, dir, *out, wo, [&](const Progress& p) {
         return prog(Progress{1.0, "writing: " + p.stage});
     });

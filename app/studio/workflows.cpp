@@ -143,17 +143,7 @@ QuantizeResult quantize(const fs::path& dir, const QuantizeRequest& req, const P
     read_finished_layers();
     quant::WriteOptions wo;
     wo.force        = req.force;
-    wo.quantization = {{"method", opt.method},
-                       {"bits", opt.bits},
-                       {"group_size", opt.group},
-                       {"sym", opt.sym},
-                       {"act_order", opt.act_order},
-                       {"damp", opt.damp},
-                       {"calibration",
-                        {{"source", rtn ? "none" : calib.source},
-                         {"samples", calib.samples.size()},
-                         {"seqlen", calib.seqlen},
-                         {"seed", calib.seed}}}};
+    wo.quantization = quant::quantization_metadata(opt, calib);
     quant::WriteReport wr;
     try {
         wr = quant::write_checkpoint(*model, dir, req.out, wo, sub_progress(progress, 0.95, 1.0, "writing: "));
