@@ -4,12 +4,16 @@
 // One dispatch for every (token, slot): grid x = row f, y = token, z = slot. Gate and up of each expert are one
 // fused weight set (n_expert, 2F, H): rows [0, F) gate, [F, 2F) up. Without ids (USE_IDS false) slot j reads
 // matrix j: the shared expert and dense FFN layers (one matrix, k = 1).
+// LOWRANK (MoBiE's input-side shared basis, engine/cpu/cejd_linear.h): the weights are the residuals R, and
+// g += C_g[e, f] · z[t, 0:r], u += C_u[e, f] · z[t, r:2r] with z = [B_g; B_u] x computed once per token before this
+// dispatch and the coefficients C (f32) in rows aligned with the weight rows.
 #include "common.glsl"
 
 layout(constant_id = 0) const uint WG = 64; // power of two
 layout(constant_id = 1) const uint FORMAT = 0;
 layout(constant_id = 2) const uint BITS = 4;
 layout(constant_id = 3) const bool USE_IDS = true;
+layout(constant_id = 4) const bool LOWRANK = false;
 layout(local_size_x_id = 0) in;
 
 layout(std430, binding = 0) readonly buffer X { float x[]; };     // (n, H)
@@ -17,7 +21,9 @@ layout(std430, binding = 1) readonly buffer I { int ids[]; };     // (n, k) or a
 layout(std430, binding = 2) writeonly buffer Hb { float h[]; };   // (n·k, F)
 #define QW_BINDING 3
 #include "qweight.glsl"
-layout(push_constant) uniform P { uint n, k, in_f, ff, row_bytes, n_groups, group; } p;
+layout(std430, binding = 6) readonly buffer Z { float z[]; };     // (n, 2r) or a dummy
+layout(std430, binding = 7) readonly buffer C { float coef[]; };  // (2·n_expert·F, r) or a dummy
+layout(push_constant) uniform P { uint n, k, in_f, ff, row_bytes, n_groups, group, rank; } p;
 
 shared float rg[WG], ru[WG];
 
@@ -44,7 +50,16 @@ void main() {
         barrier();
     }
     if (lid == 0) {
-        const float gv = rg[0];
-        h[(t * p.k + j) * p.ff + f] = gv / (1.0 + exp(-gv)) * ru[0];
+        float gv = rg[0], uv = ru[0];
+        if (LOWRANK) {
+            float cg = 0.0, cu = 0.0;
+            for (uint q = 0; q < p.rank; ++q) {
+                cg += coef[r0 * p.rank + q] * z[t * 2u * p.rank + q];
+                cu += coef[r1 * p.rank + q] * z[t * 2u * p.rank + p.rank + q];
+            }
+            gv += cg;
+            uv += cu;
+        }
+        h[(t * p.k + j) * p.ff + f] = gv / (1.0 + exp(-gv)) * uv;
     }
 }

@@ -10,9 +10,19 @@
 //     2^BITS, D); qz the f16 row scales (n_mats·out) when VQ_SCALED. w = scale · codebook[c][index][j mod D], the
 //     product VqLinear::decode_row forms, so the decoded weight is bit-identical. Here `group` is the codebook's
 //     column count G and `n_groups` its row count R.
+//   FORMAT 3 (binary, docs/FORMAT.md "binary": BiLLM / ARB-X / ARB-RC, MoBiE's residuals): qw holds per row
+//     row_bytes words of split bits, row_bytes words of first signs, then n_groups words of second signs (salient
+//     columns in increasing order), all LSB-first as in the checkpoint; qs per row the f16 scales (n_blocks,
+//     n_slots), then with BIN_MEAN the f16 means (n_blocks, n_bgroups); qz per row one word: the offset of its
+//     linear's region in qz, which holds the salient rank of each column (int32, −1 if not salient) and then the f16
+//     column scales (in, n_slots). `group` is the column block. The weight is BinaryLinear's formula with its f32
+//     operations in its order (precise), so it is bit-identical to BinaryLinear::dequantize().
 // Several matrices (experts) live in one set: global row r = matrix·out + row.
 layout(constant_id = 10) const uint VQ_DIM = 1;
 layout(constant_id = 11) const bool VQ_SCALED = false;
+layout(constant_id = 12) const uint BIN_SG = 1; // salient groups 0, 1, 2
+layout(constant_id = 13) const bool BIN_MEAN = true;
+layout(constant_id = 14) const bool BIN_COLS = false;
 layout(std430, binding = QW_BINDING) readonly buffer QW { uint qw[]; };
 layout(std430, binding = QW_BINDING + 1) readonly buffer QS { uint qs[]; };
 layout(std430, binding = QW_BINDING + 2) readonly buffer QZ { uint qz[]; };
@@ -20,6 +30,30 @@ layout(std430, binding = QW_BINDING + 2) readonly buffer QZ { uint qz[]; };
 // W[r, j]. in_f: columns; out_rows: rows per matrix; row_bytes, n_groups, group: the packed layout (unused for f32).
 float qweight(uint r, uint j, uint in_f, uint out_rows, uint row_bytes, uint n_groups, uint group) {
     if (FORMAT == 0) return uintBitsToFloat(qw[r * in_f + j]);
+    if (FORMAT == 3) {
+        const uint n_slots = 2u + 2u * BIN_SG, n_bg = 2u + BIN_SG, nb = in_f / group, b = j / group;
+        const uint base = r * (2u * row_bytes + n_groups), wi = j >> 5, sh = j & 31u;
+        const uint sp   = (qw[base + wi] >> sh) & 1u;
+        const float s1  = ((qw[base + row_bytes + wi] >> sh) & 1u) != 0u ? 1.0 : -1.0;
+        const uint  lb  = qz[r];
+        const int   si  = BIN_SG > 0u ? int(qz[lb + j]) : -1;
+        const uint  g   = si >= 0 ? 2u + (BIN_SG == 2u ? sp : 0u) : sp;
+        const uint  k0  = g < 2u ? g : 2u + 2u * (g - 2u);
+        const uint  sb  = r * nb * (n_slots + (BIN_MEAN ? n_bg : 0u));
+        const uint  cb  = 2u * (lb + in_f) + j * n_slots;
+        const float m   = BIN_MEAN ? F16_AT(qs, sb + nb * n_slots + b * n_bg + g) : 0.0;
+        precise float a0 = F16_AT(qs, sb + b * n_slots + k0);
+        if (BIN_COLS) a0 *= F16_AT(qz, cb + k0);
+        precise float v = m + a0 * s1;
+        if (si >= 0) {
+            const uint  k2 = uint(si);
+            const float s2 = ((qw[base + 2u * row_bytes + (k2 >> 5)] >> (k2 & 31u)) & 1u) != 0u ? 1.0 : -1.0;
+            precise float a1 = F16_AT(qs, sb + b * n_slots + k0 + 1u);
+            if (BIN_COLS) a1 *= F16_AT(qz, cb + k0 + 1u);
+            v = v + a1 * s2;
+        }
+        return v;
+    }
     if (FORMAT == 2) {
         const uint k  = r * row_bytes * 8u + (j / VQ_DIM) * BITS;
         const uint sh = k & 31u;

@@ -5,6 +5,7 @@
 #include <iostream>
 
 #if MOEBIUS_HAS_VULKAN
+#include "engine/vulkan/ops.h"
 #include "engine/vulkan/runner.h"
 #endif
 
@@ -17,16 +18,18 @@ class VulkanModel final : public GpuModel {
   public:
     VulkanModel(const std::string& selector, const Model& model, int n_ctx)
         : dev_(selector), runner_(dev_, model, n_ctx) {}
-    std::string    device_name() const override { return dev_.info().name; }
-    GenerateResult generate(std::span<const int32_t> prompt, const GenerateOptions& opt,
-                            const std::function<bool(int32_t)>& on_token) override {
-        return vk::generate(runner_, prompt, opt, on_token);
-    }
-    PerplexityResult perplexity(std::span<const int32_t> ids, int seqlen, const ProgressFn& progress) override {
-        return vk::perplexity(runner_, ids, seqlen, progress);
-    }
+    std::string device_name() const override { return dev_.info().name; }
+    Session&    session() override { return runner_; }
     size_t last_dispatches() const override { return runner_.last_dispatches(); }
     size_t last_layer_dispatches() const override { return runner_.last_layer_dispatches(); }
+    bool   set_profiling(bool on) override { return runner_.set_profiling(on); }
+    void   clear_profile() override { runner_.clear_profile(); }
+    std::vector<KernelProfile> profile() const override {
+        std::vector<KernelProfile> v;
+        for (const auto& k : runner_.profile()) v.push_back({k.name, k.calls, k.seconds, k.bytes});
+        return v;
+    }
+    double copy_bandwidth_gbps() override { return vk::copy_bandwidth_gbps(dev_); }
     const std::vector<std::string>& notes() const { return runner_.notes(); }
 
   private:

@@ -70,7 +70,7 @@ int cmd_generate(const Argv& argv) {
     };
     const int n_ctx = std::min((int)ids.size() + opt.max_tokens, std::max(spec.max_position, (int)ids.size() + 1));
     auto      gpu   = open_backend(args, *model, n_ctx, "generate");
-    auto res = gpu ? gpu->generate(ids, opt, on_token) : generate(*model, ids, opt, on_token);
+    auto      res   = generate(*BackendSession(gpu.get(), *model), ids, opt, on_token);
     std::string tail = dec.flush();
     out += tail;
     if (!json) {

@@ -29,7 +29,7 @@ int cmd_ppl(const Argv& argv) {
         return true;
     };
     auto gpu = open_backend(args, *model, seqlen, "ppl");
-    auto r   = gpu ? gpu->perplexity(ids, seqlen, progress) : perplexity(*model, ids, seqlen, progress);
+    auto r   = perplexity(*BackendSession(gpu.get(), *model), ids, seqlen, progress);
     if (show) std::cerr << "\r" << std::string(40, ' ') << "\r";
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     nlohmann::ordered_json j;

@@ -1,3 +1,4 @@
+#include "app/cli/backend.h"
 #include "app/cli/cli_common.h"
 #include "app/cli/commands.h"
 #include "engine/core/error.h"
@@ -26,17 +27,10 @@ int cmd_tasks(const Argv& argv) {
     if (limit > 0 && (int64_t)items.size() > limit) items.resize(limit);
     Tokenizer  tok   = Tokenizer::from_file(dir / "tokenizer.json");
     auto       model = Model::load(dir);
-    // evaluate_mc drives Model::forward with KV-cache rewinds; it has no Vulkan path yet.
-    const auto backend = args.get_or("backend", "cpu");
-    if (backend == "vulkan")
-        std::cerr << "[vulkan backend unavailable (multiple-choice scoring has no Vulkan path yet); tasks runs on the CPU]"
-                  << std::endl;
-    else if (backend != "cpu")
-        throw InputError("--backend must be cpu or vulkan, not '" + backend + "'");
-    else if (args.get("device"))
-        throw InputError("--device needs --backend vulkan");
+    // The context grows per item as needed (the runner's KV cache is re-allocated only when it grows).
+    auto       gpu   = open_backend(args, *model, 256, "tasks");
     const bool show  = !args.flag("json") && !args.flag("quiet");
-    auto r = evaluate_mc(*model, tok, items, [&](const Progress& p) {
+    auto r = evaluate_mc(*BackendSession(gpu.get(), *model), tok, items, [&](const Progress& p) {
         if (show) std::cerr << "\r" << p.stage << "   " << std::flush;
         return true;
     });

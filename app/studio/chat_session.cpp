@@ -24,8 +24,7 @@ public:
         : dev_(selector), runner_(dev_, model, n_ctx) {}
     GenerateResult generate(std::span<const int32_t> prompt, const GenerateOptions& opt,
                             const std::function<bool(int32_t)>& on_token) override {
-        runner_.clear();
-        return vk::generate(runner_, prompt, opt, on_token);
+        return moebius::generate(runner_, prompt, opt, on_token);
     }
     std::string name() const { return dev_.info().name; }
 

@@ -15,9 +15,15 @@ double GenerateResult::prefill_tokens_per_s() const { return prefill_s > 0 ? pro
 
 GenerateResult generate(const Model& model, std::span<const int32_t> prompt, const GenerateOptions& opt,
                         const std::function<bool(int32_t)>& on_token) {
+    CpuSession session(model);
+    return generate(session, prompt, opt, on_token);
+}
+
+GenerateResult generate(Session& session, std::span<const int32_t> prompt, const GenerateOptions& opt,
+                        const std::function<bool(int32_t)>& on_token) {
     using clock = std::chrono::steady_clock;
     if (prompt.empty()) throw InputError("the prompt is empty");
-    const ModelSpec& spec  = model.spec();
+    const ModelSpec& spec  = session.spec();
     int              n_ctx = opt.n_ctx > 0 ? opt.n_ctx : (int)prompt.size() + opt.max_tokens;
     n_ctx                  = std::min(n_ctx, std::max(spec.max_position, (int)prompt.size() + 1));
     if ((int)prompt.size() >= n_ctx)
@@ -29,10 +35,10 @@ GenerateResult generate(const Model& model, std::span<const int32_t> prompt, con
     std::vector<int32_t> seq(prompt.begin(), prompt.end());
     std::vector<float>   logits(spec.n_vocab);
     Sampler              sampler(opt.sampling);
-    KVCache              cache = model.new_cache(n_ctx);
+    session.reset(n_ctx);
 
     auto t0 = clock::now();
-    model.forward(seq.data(), (int)seq.size(), cache, logits.data(), false);
+    session.forward(seq.data(), (int)seq.size(), logits.data(), false);
     res.prefill_s = std::chrono::duration<double>(clock::now() - t0).count();
     auto t1       = clock::now();
 
@@ -44,10 +50,10 @@ GenerateResult generate(const Model& model, std::span<const int32_t> prompt, con
                 break;
             }
             if (opt.use_cache) {
-                model.forward(&seq.back(), 1, cache, logits.data(), false);
+                session.forward(&seq.back(), 1, logits.data(), false);
             } else {
-                cache.clear();
-                model.forward(seq.data(), (int)seq.size(), cache, logits.data(), false);
+                session.clear();
+                session.forward(seq.data(), (int)seq.size(), logits.data(), false);
             }
         }
         int32_t tok = sampler.sample(logits.data(), spec.n_vocab, seq);

@@ -7,6 +7,7 @@
 
 #include "engine/core/sampling.h"
 #include "engine/cpu/model.h"
+#include "engine/cpu/session.h"
 
 namespace moebius {
 
@@ -27,7 +28,11 @@ struct GenerateResult {
     double               prefill_tokens_per_s() const;
 };
 
-// on_token is called for every generated token (stop token excluded); return false to stop.
+// on_token is called for every generated token (stop token excluded); return false to stop. The session's cache is
+// reset to the context this call needs.
+GenerateResult generate(Session& session, std::span<const int32_t> prompt, const GenerateOptions& opt,
+                        const std::function<bool(int32_t)>& on_token = {});
+// The same on the CPU model.
 GenerateResult generate(const Model& model, std::span<const int32_t> prompt, const GenerateOptions& opt,
                         const std::function<bool(int32_t)>& on_token = {});
 

@@ -21,6 +21,11 @@ double window_nll(const float* logits, int n, int n_vocab, const int32_t* ids) {
 }
 
 PerplexityResult perplexity(const Model& model, std::span<const int32_t> ids, int seqlen, const ProgressFn& progress) {
+    CpuSession session(model);
+    return perplexity(session, ids, seqlen, progress);
+}
+
+PerplexityResult perplexity(Session& session, std::span<const int32_t> ids, int seqlen, const ProgressFn& progress) {
     if (seqlen < 2) throw InputError("seqlen must be at least 2");
     PerplexityResult r;
     r.seqlen  = seqlen;
@@ -28,16 +33,16 @@ PerplexityResult perplexity(const Model& model, std::span<const int32_t> ids, in
     if (r.windows == 0)
         throw InputError("the text has " + std::to_string(ids.size()) + " tokens, fewer than one window of " +
                          std::to_string(seqlen));
-    const int          V = model.spec().n_vocab;
+    const int          V = session.spec().n_vocab;
     std::vector<float> logits((size_t)seqlen * V);
-    KVCache            cache = model.new_cache(seqlen);
+    session.reset(seqlen);
     double             nll   = 0;
     for (int w = 0; w < r.windows; ++w) {
         report_progress(progress, (double)w / r.windows,
                         "window " + std::to_string(w + 1) + "/" + std::to_string(r.windows));
-        cache.clear();
+        session.clear();
         const int32_t* win = ids.data() + (int64_t)w * seqlen;
-        model.forward(win, seqlen, cache, logits.data(), true);
+        session.forward(win, seqlen, logits.data(), true);
         nll += window_nll(logits.data(), seqlen, V, win);
     }
     report_progress(progress, 1.0, "done");

@@ -6,6 +6,7 @@
 
 #include "engine/core/progress.h"
 #include "engine/cpu/model.h"
+#include "engine/cpu/session.h"
 
 namespace moebius {
 
@@ -18,6 +19,8 @@ struct PerplexityResult {
     int     seqlen   = 0;
 };
 
+PerplexityResult perplexity(Session& session, std::span<const int32_t> ids, int seqlen,
+                            const ProgressFn& progress = {});
 PerplexityResult perplexity(const Model& model, std::span<const int32_t> ids, int seqlen,
                             const ProgressFn& progress = {});
 

@@ -111,7 +111,13 @@ std::vector<McItem> load_mc_tasks(const std::filesystem::path& jsonl) {
 
 McResult evaluate_mc(const Model& model, const Tokenizer& tok, const std::vector<McItem>& items,
                      const ProgressFn& progress) {
-    const auto& spec    = model.spec();
+    CpuSession session(model);
+    return evaluate_mc(session, tok, items, progress);
+}
+
+McResult evaluate_mc(Session& session, const Tokenizer& tok, const std::vector<McItem>& items,
+                     const ProgressFn& progress) {
+    const auto& spec    = session.spec();
     const int   V       = spec.n_vocab;
     const int   max_len = spec.max_position > 0 ? spec.max_position : INT_MAX / 2;
     // lm-eval's prefix_token_id: BOS when there is one, else EOS.
@@ -137,11 +143,11 @@ McResult evaluate_mc(const Model& model, const Tokenizer& tok, const std::vector
         if (n_ctx + (int)max_cont - 1 <= max_len) {
             // Shared prefix: the context runs once, in the same call as the first continuation (one call fewer per
             // item); every later continuation rewinds the cache to the context's end and appends.
-            KVCache              cache = model.new_cache(n_ctx + (int)max_cont - 1);
-            std::vector<int32_t> seq   = e.ctx;
+            session.reset(n_ctx + (int)max_cont - 1);
+            std::vector<int32_t> seq = e.ctx;
             seq.insert(seq.end(), e.conts[0].begin(), e.conts[0].end() - 1);
             rows.resize(seq.size() * V);
-            model.forward(seq.data(), (int)seq.size(), cache, rows.data(), true);
+            session.forward(seq.data(), (int)seq.size(), rows.data(), true);
             std::copy_n(rows.data() + (size_t)(n_ctx - 1) * V, V, last.data());
             for (size_t t = 0; t < e.conts[0].size(); ++t)
                 ll[0] += log_prob(rows.data() + (n_ctx - 1 + t) * V, V, e.conts[0][t]);
@@ -150,9 +156,9 @@ McResult evaluate_mc(const Model& model, const Tokenizer& tok, const std::vector
                 const int   m    = (int)cont.size();
                 ll[c]            = log_prob(last.data(), V, cont[0]);
                 if (m == 1) continue;
-                cache.n_past = n_ctx;
+                session.rewind(n_ctx);
                 rows.resize((size_t)(m - 1) * V);
-                model.forward(cont.data(), m - 1, cache, rows.data(), true);
+                session.forward(cont.data(), m - 1, rows.data(), true);
                 for (int t = 1; t < m; ++t) ll[c] += log_prob(rows.data() + (size_t)(t - 1) * V, V, cont[t]);
             }
         } else {
@@ -168,9 +174,9 @@ McResult evaluate_mc(const Model& model, const Tokenizer& tok, const std::vector
                 seq.insert(seq.end(), cont.begin(), cont.end());
                 const int      L     = std::min<int>((int)seq.size(), max_len + 1) - 1;
                 const int32_t* inp   = seq.data() + seq.size() - 1 - L;
-                KVCache        cache = model.new_cache(L);
+                session.reset(L);
                 rows.resize((size_t)L * V);
-                model.forward(inp, L, cache, rows.data(), true);
+                session.forward(inp, L, rows.data(), true);
                 for (int t = 0; t < m; ++t) ll[c] += log_prob(rows.data() + (size_t)(L - m + t) * V, V, cont[t]);
             }
         }

@@ -12,6 +12,7 @@
 #include "engine/core/progress.h"
 #include "engine/core/tokenizer.h"
 #include "engine/cpu/model.h"
+#include "engine/cpu/session.h"
 
 namespace moebius {
 
@@ -38,6 +39,8 @@ struct McResult {
 // special tokens; an empty context is replaced by the BOS (else EOS) token. The context runs once per item through
 // the KV cache and every continuation reuses it; requests longer than the model's context are left-truncated
 // to max_position + 1 tokens like lm-eval's, and then scored by a full forward.
+McResult evaluate_mc(Session& session, const Tokenizer& tok, const std::vector<McItem>& items,
+                     const ProgressFn& progress = {});
 McResult evaluate_mc(const Model& model, const Tokenizer& tok, const std::vector<McItem>& items,
                      const ProgressFn& progress = {});
 

@@ -264,6 +264,12 @@ Device::Device(const std::string& selector, bool force_staging) : inst_(std::mak
     }
     if (fam < 0) throw UnsupportedError("vulkan: device '" + info_.name + "' has no compute queue");
     qfam_ = (uint32_t)fam;
+    info_.timestamp_bits = qf[qfam_].timestampValidBits;
+    {
+        VkPhysicalDeviceProperties pp;
+        vkGetPhysicalDeviceProperties(phys_, &pp);
+        info_.timestamp_period_ns = pp.limits.timestampPeriod;
+    }
 
     const float             prio = 1.0f;
     VkDeviceQueueCreateInfo qci{VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO};
@@ -451,6 +457,7 @@ CommandList::CommandList(Device& dev) : dev_(dev) {
 }
 
 CommandList::~CommandList() {
+    if (queries_) vkDestroyQueryPool(dev_.dev_, queries_, nullptr);
     for (auto dp : desc_pools_) vkDestroyDescriptorPool(dev_.dev_, dp, nullptr);
     if (fence_) vkDestroyFence(dev_.dev_, fence_, nullptr);
     if (pool_) vkDestroyCommandPool(dev_.dev_, pool_, nullptr); // frees cmd_
@@ -461,6 +468,38 @@ void CommandList::begin() {
     bi.flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT;
     check(vkBeginCommandBuffer(cmd_, &bi), "vkBeginCommandBuffer");
     n_cmds_ = 0;
+    pending_.clear();
+    if (queries_) {
+        vkCmdResetQueryPool(cmd_, queries_, 0, k_max_timed + 1);
+        vkCmdWriteTimestamp(cmd_, VK_PIPELINE_STAGE_TOP_OF_PIPE_BIT, queries_, 0);
+    }
+}
+
+bool CommandList::enable_timing() {
+    if (queries_) return true;
+    if (dev_.info_.timestamp_bits == 0 || n_cmds_ > 0) return false;
+    VkQueryPoolCreateInfo qi{VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO};
+    qi.queryType  = VK_QUERY_TYPE_TIMESTAMP;
+    qi.queryCount = k_max_timed + 1;
+    check(vkCreateQueryPool(dev_.dev_, &qi, nullptr, &queries_), "vkCreateQueryPool");
+    // The recording has begun without the reset and the first stamp: start it again.
+    check(vkResetCommandBuffer(cmd_, 0), "vkResetCommandBuffer");
+    begin();
+    return true;
+}
+
+void CommandList::stamp(const std::string& name) {
+    if (!queries_ || pending_.size() >= k_max_timed) return; // past the pool: the rest of the recording is untimed
+    pending_.push_back({name, 0, 0});
+    vkCmdWriteTimestamp(cmd_, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, queries_, (uint32_t)pending_.size());
+}
+
+void CommandList::annotate(uint64_t bytes) {
+    if (!pending_.empty()) pending_.back().bytes = bytes;
+}
+
+void CommandList::label(const std::string& name) {
+    if (!pending_.empty()) pending_.back().name = name;
 }
 
 void CommandList::barrier() {
@@ -532,6 +571,7 @@ void CommandList::dispatch(const Pipeline& p, std::initializer_list<BufferRef> b
     if (push_bytes) vkCmdPushConstants(cmd_, p.layout(), VK_SHADER_STAGE_COMPUTE_BIT, 0, push_bytes, push);
     vkCmdDispatch(cmd_, gx, gy, gz);
     ++n_cmds_;
+    stamp(p.name());
 }
 
 void CommandList::copy(const Buffer& src, const Buffer& dst, uint64_t bytes, uint64_t src_off, uint64_t dst_off) {
@@ -539,6 +579,7 @@ void CommandList::copy(const Buffer& src, const Buffer& dst, uint64_t bytes, uin
     VkBufferCopy c{src_off, dst_off, bytes};
     vkCmdCopyBuffer(cmd_, src.handle(), dst.handle(), 1, &c);
     ++n_cmds_;
+    stamp("copy");
 }
 
 void CommandList::submit_and_wait() {
@@ -557,6 +598,19 @@ void CommandList::submit_and_wait() {
     check(vkQueueSubmit(dev_.queue_, 1, &si, fence_), "vkQueueSubmit");
     check(vkWaitForFences(dev_.dev_, 1, &fence_, VK_TRUE, UINT64_MAX), "vkWaitForFences");
     check(vkResetFences(dev_.dev_, 1, &fence_), "vkResetFences");
+    timings_.clear();
+    if (queries_ && !pending_.empty()) {
+        std::vector<uint64_t> ts(pending_.size() + 1);
+        check(vkGetQueryPoolResults(dev_.dev_, queries_, 0, (uint32_t)ts.size(), ts.size() * 8, ts.data(), 8,
+                                    VK_QUERY_RESULT_64_BIT | VK_QUERY_RESULT_WAIT_BIT),
+              "vkGetQueryPoolResults");
+        const uint64_t mask = dev_.info_.timestamp_bits >= 64 ? ~0ull : (1ull << dev_.info_.timestamp_bits) - 1;
+        for (size_t i = 0; i < pending_.size(); ++i) {
+            Timing t = pending_[i];
+            t.seconds = (double)((ts[i + 1] - ts[i]) & mask) * dev_.info_.timestamp_period_ns * 1e-9;
+            timings_.push_back(std::move(t));
+        }
+    }
     for (auto dp : desc_pools_) vkDestroyDescriptorPool(dev_.dev_, dp, nullptr);
     desc_pools_.clear();
     sets_left_ = 0;

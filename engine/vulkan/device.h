@@ -43,6 +43,8 @@ struct DeviceInfo {
     uint32_t                max_shared_memory         = 0;
     uint32_t                max_push_constants        = 0;
     bool                    unified_memory            = false; // every device-local memory type is host-visible
+    float                   timestamp_period_ns       = 0;     // one timestamp tick
+    uint32_t                timestamp_bits            = 0;     // of the compute queue; 0: no timestamps
     std::vector<MemoryHeap> heaps;
 };
 
@@ -155,6 +157,21 @@ class CommandList {
     void submit_and_wait();
     size_t n_dispatches() const { return n_cmds_; }
 
+    // Timing: with enable_timing() (before recording; ignored when the queue has no timestamps) every command is
+    // followed by a timestamp, and after submit_and_wait() timings() holds each command's duration (from the end
+    // of the previous one, barrier included), its pipeline name ("copy" for copies) and the bytes it was annotated
+    // with. annotate(bytes): the memory the last command must move at least (weights read once, activations), what
+    // per-kernel GB/s is computed from; 0 when not annotated.
+    struct Timing {
+        std::string name;
+        double      seconds = 0;
+        uint64_t    bytes   = 0;
+    };
+    bool                       enable_timing();
+    void                       annotate(uint64_t bytes);
+    void                       label(const std::string& name); // renames the last command's timing
+    const std::vector<Timing>& timings() const { return timings_; }
+
   private:
     void begin();
     void barrier();
@@ -165,6 +182,10 @@ class CommandList {
     std::vector<VkDescriptorPool> desc_pools_; // grown on demand, reset after each submit
     uint32_t        sets_left_ = 0;
     size_t          n_cmds_    = 0;
+    void            stamp(const std::string& name);
+    VkQueryPool              queries_ = VK_NULL_HANDLE; // (k_max_timed + 1) timestamps when timing
+    std::vector<Timing>      pending_, timings_;        // recorded / of the last submit
+    static constexpr uint32_t k_max_timed = 8192;
 };
 
 class Device {

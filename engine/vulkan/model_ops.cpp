@@ -1,6 +1,7 @@
 #include "engine/vulkan/model_ops.h"
 
 #include "engine/core/error.h"
+#include "engine/cpu/binary_linear.h"
 #include "engine/cpu/nbit_linear.h"
 #include "engine/cpu/vq_linear.h"
 
@@ -27,6 +28,14 @@ void check_grid(Device& dev, int64_t n, const char* what) {
 }
 
 const Buffer& or_dummy(Device& dev, const Buffer* b) { return b ? *b : dev.dummy(); }
+
+// A kernel's specialization constants: its own (ids 0..9) then the weight format's (qweight.glsl, ids 10..14).
+std::vector<uint32_t> with_weight_spec(std::vector<uint32_t> own, const QWeights& w) {
+    own.resize(10, 0);
+    own.insert(own.end(), {(uint32_t)w.vq_dim, w.vq_scaled ? 1u : 0u, (uint32_t)w.bin_salient_groups,
+                           w.bin_mean ? 1u : 0u, w.bin_col_scale ? 1u : 0u});
+    return own;
+}
 
 // Workgroup of the row-reduction kernels. A CPU device (lavapipe) runs a workgroup as SIMD-width slices switched at
 // every barrier, so the fewer slices the better: one subgroup, no shared-memory tree beyond it. GPUs keep the
@@ -113,11 +122,75 @@ QWeights QWeights::upload(Device& dev, const std::vector<const Linear*>& linears
         q.zeros  = upload_words(dev, zeros);
         return q;
     }
+    const auto* bin0 = dynamic_cast<const BinaryLinear*>(linears[0]);
+    bool        bin  = bin0 != nullptr;
+    for (const Linear* l : linears) {
+        const auto* b = dynamic_cast<const BinaryLinear*>(l);
+        bin = bin && b && b->block() == bin0->block() && b->salient_groups() == bin0->salient_groups() &&
+              b->packed().has_mean == bin0->packed().has_mean &&
+              b->packed().has_col_scale == bin0->packed().has_col_scale;
+    }
+    if (bin) {
+        // Repacked into 32-bit words (shaders/qweight.glsl FORMAT 3); bits and f16 values are the checkpoint's.
+        q.format             = WeightFormat::Binary;
+        q.group              = bin0->block();
+        q.bin_salient_groups = bin0->salient_groups();
+        q.bin_mean           = bin0->packed().has_mean;
+        q.bin_col_scale      = bin0->packed().has_col_scale;
+        const int rw = (q.in + 31) / 32, n_slots = bin0->n_slots();
+        int       rw2 = 0;
+        for (const Linear* l : linears)
+            rw2 = std::max(rw2, (static_cast<const BinaryLinear*>(l)->n_salient() + 31) / 32);
+        q.row_bytes = rw;
+        q.n_groups  = rw2;
+        const int64_t         row_words = 2 * rw + rw2;
+        std::vector<uint32_t> planes((size_t)rows * row_words, 0);
+        std::vector<uint16_t> rs;                  // per row: scales (n_blocks, n_slots) then means (n_blocks, n_groups)
+        std::vector<uint32_t> aux((size_t)rows, 0); // per row: its linear's region; then the regions
+        int64_t               r0 = 0;
+        for (const Linear* l : linears) {
+            const auto&   b   = static_cast<const BinaryLinear*>(l)->packed();
+            const int     out = l->out_features(), nb = q.in / q.group, ng = bin0->n_groups();
+            const int64_t rb = BinaryLinear::bit_bytes(q.in), rb2 = BinaryLinear::bit_bytes(
+                                                                    static_cast<const BinaryLinear*>(l)->n_salient());
+            // Region: sal_idx (in) int32, then column scales (in, n_slots) f16, two per word.
+            const uint32_t base = (uint32_t)aux.size();
+            for (int o = 0; o < out; ++o) {
+                uint8_t* row = (uint8_t*)(planes.data() + (r0 + o) * row_words);
+                std::memcpy(row, b.split.data() + o * rb, rb);
+                std::memcpy(row + rw * 4, b.signs.data() + o * rb, rb);
+                if (rb2) std::memcpy(row + 2 * rw * 4, b.signs2.data() + o * rb2, rb2);
+                rs.insert(rs.end(), b.row_scales.begin() + (int64_t)o * nb * n_slots,
+                          b.row_scales.begin() + (int64_t)(o + 1) * nb * n_slots);
+                if (q.bin_mean)
+                    rs.insert(rs.end(), b.row_means.begin() + (int64_t)o * nb * ng,
+                              b.row_means.begin() + (int64_t)(o + 1) * nb * ng);
+                aux[r0 + o] = base;
+            }
+            int rank = 0;
+            for (int j = 0; j < q.in; ++j) {
+                const bool s = !b.salient.empty() && ((b.salient[j >> 3] >> (j & 7)) & 1);
+                aux.push_back(s ? (uint32_t)rank++ : 0xffffffffu);
+            }
+            std::vector<uint16_t> cs = b.col_scales;
+            cs.resize((size_t)q.in * n_slots + 1, 0); // even: whole words
+            for (size_t i = 0; i + 1 < cs.size(); i += 2) aux.push_back(cs[i] | (uint32_t)cs[i + 1] << 16);
+            r0 += out;
+        }
+        q.w      = upload_words(dev, planes);
+        q.scales = upload_words(dev, rs);
+        q.zeros  = upload_words(dev, aux);
+        return q;
+    }
     const auto* vq0   = dynamic_cast<const VqLinear*>(linears[0]);
     bool        vq    = vq0 != nullptr;
     for (const Linear* l : linears) {
         const auto* v = dynamic_cast<const VqLinear*>(l);
-        vq = vq && v && l->out_features() == out && v->dim() == vq0->dim() && v->bits() == vq0->bits() &&
+        // One linear per matrix, or several stacked into one matrix (q | k | v) whose codebook row blocks line up:
+        // then codebook (r / R) · (in / G) + j / G of the stack is the linear's own.
+        const bool rows_ok = v && (l->out_features() == out ||
+                                   (rows == out && l->out_features() % v->rows_per_codebook() == 0));
+        vq = vq && v && rows_ok && v->dim() == vq0->dim() && v->bits() == vq0->bits() &&
              v->group_cols() == vq0->group_cols() && v->rows_per_codebook() == vq0->rows_per_codebook() &&
              v->has_scales() == vq0->has_scales();
     }
@@ -179,13 +252,15 @@ void linear(Device& dev, CommandList& cl, const QWeights& w, int mat, const Buff
     // Tokens per workgroup: all of a decode batch (≤ 8), else chunks of 8.
     const int   tokens = std::min(n, 8);
     const auto& p = dev.pipeline("linear", 8, sizeof pc,
-                                 {row_wg(dev), (uint32_t)w.format, (uint32_t)std::max(w.bits, 1),
-                                  ep.bias ? 1u : 0u, ep.gate ? 1u : 0u, ep.add ? 1u : 0u, ep.residual ? 1u : 0u,
-                                  (uint32_t)tokens, 0, 0, (uint32_t)w.vq_dim, w.vq_scaled ? 1u : 0u});
+                                 with_weight_spec({row_wg(dev), (uint32_t)w.format, (uint32_t)std::max(w.bits, 1),
+                                                   ep.bias ? 1u : 0u, ep.gate ? 1u : 0u, ep.add ? 1u : 0u,
+                                                   ep.residual ? 1u : 0u, (uint32_t)tokens},
+                                                  w));
     const auto [gx, gy] = row_grid(w.out);
     cl.dispatch(p, {x, y, or_dummy(dev, ep.bias), or_dummy(dev, ep.add), or_dummy(dev, ep.gate), w.w, w.scales,
                     w.zeros},
                 pc, gx, gy, ceil_div(n, tokens));
+    cl.annotate(w.matrix_bytes() + (uint64_t)n * (w.in + w.out * (ep.residual || ep.add ? 2 : 1)) * 4);
 }
 
 void embed(Device& dev, CommandList& cl, const Buffer& tokens, int n, const Buffer& table, int d, Buffer& x) {
@@ -195,6 +270,7 @@ void embed(Device& dev, CommandList& cl, const Buffer& tokens, int n, const Buff
     } pc{(uint32_t)n, (uint32_t)d};
     const auto& p = dev.pipeline("embed", 3, sizeof pc);
     cl.dispatch(p, {tokens, table, x}, pc, ceil_div(d, 64), (uint32_t)n);
+    cl.annotate((uint64_t)n * d * 8);
 }
 
 std::vector<float> rope_table(const std::vector<float>& inv_freq, int n_pos) {
@@ -223,6 +299,7 @@ void qk_rope(Device& dev, CommandList& cl, const Buffer& qkv, int n, int n_past,
                                  {row_wg(dev), (uint32_t)mode, clip ? 1u : 0u});
     const auto [gx, gy] = row_grid(n);
     cl.dispatch(p, {qkv, q, kc, vc, or_dummy(dev, qn), or_dummy(dev, kn), rope}, pc, gx, gy);
+    cl.annotate((uint64_t)n * (s.q_dim() + 2 * s.kv_dim()) * 8);
 }
 
 void attention(Device& dev, CommandList& cl, const Buffer& q, const Buffer& kc, const Buffer& vc, int n, int n_past,
@@ -235,6 +312,7 @@ void attention(Device& dev, CommandList& cl, const Buffer& q, const Buffer& kc, 
          (uint32_t)n_ctx, 1.0f / std::sqrt((float)s.head_dim)};
     const auto& p = dev.pipeline("attention", 5, sizeof pc, {row_wg(dev)});
     cl.dispatch(p, {q, kc, vc, o, scores}, pc, (uint32_t)s.n_head, (uint32_t)n);
+    cl.annotate((uint64_t)(n_past + n) * s.kv_dim() * 8 + (uint64_t)n * s.q_dim() * 8);
 }
 
 void router_topk(Device& dev, CommandList& cl, const Buffer& logits, int n, int n_expert, int k, int stride,
@@ -247,21 +325,28 @@ void router_topk(Device& dev, CommandList& cl, const Buffer& logits, int n, int 
     } pc{(uint32_t)n, (uint32_t)n_expert, (uint32_t)k, (uint32_t)stride, renorm ? 1u : 0u};
     const auto& p = dev.pipeline("router_topk", 3, sizeof pc);
     cl.dispatch(p, {logits, ids, w}, pc, ceil_div(n, 64));
+    cl.annotate((uint64_t)n * (stride + 2 * k) * 4);
 }
 
 void moe_gate_up(Device& dev, CommandList& cl, const Buffer& x, int n, const Buffer* ids, int k, const QWeights& gu,
-                 Buffer& h) {
+                 Buffer& h, const LowRank& lr) {
     check_grid(dev, n, "expert gate/up");
     MOEBIUS_ASSERT(gu.n_mats % 2 == 0 && (ids || 2 * k <= gu.n_mats));
+    MOEBIUS_ASSERT(!lr.z == !lr.coef && (!lr.z || lr.rank > 0));
     struct {
-        uint32_t n, k, in, ff, row_bytes, n_groups, group;
+        uint32_t n, k, in, ff, row_bytes, n_groups, group, rank;
     } pc{(uint32_t)n, (uint32_t)k, (uint32_t)gu.in, (uint32_t)gu.out, (uint32_t)gu.row_bytes, (uint32_t)gu.n_groups,
-         (uint32_t)std::max(gu.group, 1)};
-    const auto& p = dev.pipeline("moe_gate_up", 6, sizeof pc,
-                                 {row_wg(dev), (uint32_t)gu.format, (uint32_t)std::max(gu.bits, 1),
-                                  ids ? 1u : 0u, 0, 0, 0, 0, 0, 0, (uint32_t)gu.vq_dim, gu.vq_scaled ? 1u : 0u});
-    cl.dispatch(p, {x, or_dummy(dev, ids), h, gu.w, gu.scales, gu.zeros}, pc, (uint32_t)gu.out, (uint32_t)n,
-                (uint32_t)k);
+         (uint32_t)std::max(gu.group, 1), (uint32_t)lr.rank};
+    const auto& p = dev.pipeline("moe_gate_up", 8, sizeof pc,
+                                 with_weight_spec({row_wg(dev), (uint32_t)gu.format, (uint32_t)std::max(gu.bits, 1),
+                                                   ids ? 1u : 0u, lr.z ? 1u : 0u},
+                                                  gu));
+    cl.dispatch(p, {x, or_dummy(dev, ids), h, gu.w, gu.scales, gu.zeros, or_dummy(dev, lr.z), or_dummy(dev, lr.coef)},
+                pc, (uint32_t)gu.out, (uint32_t)n, (uint32_t)k);
+    // Each distinct selected expert's gate and up once (at most every expert).
+    const uint64_t experts = std::min<uint64_t>((uint64_t)n * k, gu.n_mats / 2);
+    cl.annotate(experts * 2 * (gu.matrix_bytes() + (uint64_t)gu.out * lr.rank * 4) +
+                (uint64_t)n * (gu.in + 2 * lr.rank + k * gu.out) * 4);
 }
 
 void moe_down(Device& dev, CommandList& cl, const Buffer& h, const Buffer& ids, const Buffer& w, int n, int k,
@@ -272,10 +357,12 @@ void moe_down(Device& dev, CommandList& cl, const Buffer& h, const Buffer& ids, 
     } pc{(uint32_t)n, (uint32_t)k, (uint32_t)down.in, (uint32_t)down.out, (uint32_t)down.row_bytes,
          (uint32_t)down.n_groups, (uint32_t)std::max(down.group, 1)};
     const auto& p = dev.pipeline("moe_down", 7, sizeof pc,
-                                 {row_wg(dev), (uint32_t)down.format, (uint32_t)std::max(down.bits, 1),
-                                  residual ? 1u : 0u, 0, 0, 0, 0, 0, 0, (uint32_t)down.vq_dim,
-                                  down.vq_scaled ? 1u : 0u});
+                                 with_weight_spec({row_wg(dev), (uint32_t)down.format,
+                                                   (uint32_t)std::max(down.bits, 1), residual ? 1u : 0u},
+                                                  down));
     cl.dispatch(p, {h, ids, w, y, down.w, down.scales, down.zeros}, pc, (uint32_t)down.out, (uint32_t)n);
+    const uint64_t experts = std::min<uint64_t>((uint64_t)n * k, down.n_mats);
+    cl.annotate(experts * down.matrix_bytes() + (uint64_t)n * (k * down.in + down.out * (residual ? 2 : 1)) * 4);
 }
 
 } // namespace moebius::vk

@@ -13,7 +13,7 @@
 namespace moebius::vk {
 
 // Weight formats a shader reads directly (shaders/qweight.glsl).
-enum class WeightFormat : uint32_t { F32 = 0, Nbit = 1, Vq = 2 };
+enum class WeightFormat : uint32_t { F32 = 0, Nbit = 1, Vq = 2, Binary = 3 };
 
 // One or more linears of the same input width stacked by rows into one weight set: matrix m, row r is global row
 // m·out + r. Several linears stacked into one matrix (q | k | v) use n_mats = 1; the experts of a layer use one
@@ -23,18 +23,27 @@ struct QWeights {
     int          in = 0, out = 0, n_mats = 0; // W (n_mats, out, in)
     // nbit: bits per code, columns per group, bytes per row, groups per row.
     // vq: bits = index bits (bits·D), group = codebook columns G, n_groups = codebook rows R, vq_dim = D.
+    // binary: row_bytes = 32-bit words per bit plane row, n_groups = words of a row's second sign plane, group = the
+    // column block; bin_* the BinaryLinear parameters (one set for all).
     int          bits = 0, group = 0, row_bytes = 0, n_groups = 0, vq_dim = 1;
     bool         vq_scaled = false;
+    int          bin_salient_groups = 0;
+    bool         bin_mean = false, bin_col_scale = false;
     Buffer       w, scales, zeros; // f32 (n_mats·out, in);
                                    // nbit codes (n_mats·out, row_bytes) + slack word, f16 scales and u8 zeros
                                    // (n_mats·out, n_groups);
                                    // vq indices (n_mats·out, row_bytes) + slack word, f16 codebooks
-                                   // (n_mats·codebooks, 2^bits, D), f16 row scales (n_mats·out) or a dummy
+                                   // (n_mats·codebooks, 2^bits, D), f16 row scales (n_mats·out) or a dummy;
+                                   // binary: see shaders/qweight.glsl FORMAT 3
     std::string  note;             // why the set was dequantized at upload, empty when it was not
 
+    // Device bytes of one matrix (codes or weights, scales, zeros / codebooks), what a kernel reads to apply it once.
+    uint64_t matrix_bytes() const { return n_mats ? (w.size() + scales.size() + zeros.size()) / n_mats : 0; }
+
     // Stacks `linears` (all of in_features `in`, Σ out_features = n_mats·out). All NbitLinear with one (bits, group)
-    // → nbit; all VqLinear of `out` rows with one (dim, bits, G, R, scales) → vq; otherwise every weight is
-    // dequantized to f32 and, unless all were dense f32 already, `note` says why.
+    // → nbit; all VqLinear of `out` rows with one (dim, bits, G, R, scales) → vq; all BinaryLinear with one (block,
+    // salient groups, means, column scales) → binary; otherwise every weight is dequantized to f32 and, unless all
+    // were dense f32 already, `note` says why.
     static QWeights upload(Device& dev, const std::vector<const Linear*>& linears, int out);
 };
 
@@ -85,8 +94,15 @@ void router_topk(Device& dev, CommandList& cl, const Buffer& logits, int n, int 
 
 // h (n·k, F) = silu(x Wg[e]ᵀ) ⊙ (x Wu[e]ᵀ) for e = ids[t·k + j]; gu: gate and up stacked per expert
 // (QWeights with n_mats = 2·n_expert, out = F). ids == nullptr: slot j uses expert j (shared expert, dense FFN).
+// lowrank: MoBiE's input-side shared basis (gu then holds the residuals): g, u += C[e] · z[t] with z (n, 2r) =
+// [B_gate; B_up] x and coef (2·n_expert·F, r) f32, rows aligned with gu's.
+struct LowRank {
+    const Buffer* z    = nullptr;
+    const Buffer* coef = nullptr;
+    int           rank = 0;
+};
 void moe_gate_up(Device& dev, CommandList& cl, const Buffer& x, int n, const Buffer* ids, int k, const QWeights& gu,
-                 Buffer& h);
+                 Buffer& h, const LowRank& lowrank = {});
 
 // y (n, H) (+)= Σ_j w[t, j] · h[t·k + j] · Wd[ids[t·k + j]]ᵀ, in slot order; down: (n_expert, H, F).
 void moe_down(Device& dev, CommandList& cl, const Buffer& h, const Buffer& ids, const Buffer& w, int n, int k,

@@ -1,6 +1,7 @@
 #include "engine/vulkan/ops.h"
 
 #include <algorithm>
+#include <chrono>
 
 namespace moebius::vk {
 
@@ -49,6 +50,7 @@ void rmsnorm(Device& dev, CommandList& cl, const Buffer& x, int n, int d, const 
     const auto& p  = dev.pipeline("rmsnorm", 3, sizeof pc, {dev.reduction_workgroup()});
     const Grid2 gr = row_grid(n);
     cl.dispatch(p, {x, g, y}, pc, gr.x, gr.y);
+    cl.annotate((uint64_t)n * d * 8 + (uint64_t)d * 4);
 }
 
 void silu_mul(Device& dev, CommandList& cl, const Buffer& g, const Buffer& u, int64_t total, Buffer& h) {
@@ -98,6 +100,23 @@ void binary_matmul_wt(Device& dev, CommandList& cl, const BinaryTensors& w, cons
     const Grid2 g = row_grid(w.out);
     cl.dispatch(p, {x, y, w.split, w.signs, w.signs2, w.sal_idx, w.row_scales, w.row_means, w.col_scales}, pc, g.x,
                 g.y, ceil_div(n, k_gemv_max_tokens));
+}
+
+double copy_bandwidth_gbps(Device& dev, uint64_t bytes, int reps) {
+    bytes        = std::min<uint64_t>(bytes, dev.max_buffer_bytes()) / 4 * 4;
+    Buffer a     = dev.create_buffer(bytes), b = dev.create_buffer(bytes);
+    double best  = 0;
+    for (int r = 0; r < reps; ++r) {
+        CommandList cl(dev);
+        const bool  timed = cl.enable_timing();
+        cl.copy(a, b, bytes);
+        const auto t0 = std::chrono::steady_clock::now();
+        cl.submit_and_wait();
+        const double s = timed ? cl.timings().at(0).seconds
+                               : std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (r > 0 && s > 0) best = std::max(best, 2.0 * (double)bytes / s * 1e-9); // the first copy warms up
+    }
+    return best;
 }
 
 } // namespace moebius::vk

@@ -33,6 +33,11 @@ struct BinaryTensors {
     static BinaryTensors upload(Device& dev, const BinaryLinear& lin);
 };
 
+// The device's buffer-copy bandwidth in GB/s (bytes read + written per second), the best of `reps` copies of
+// `bytes`: the practical memory roofline `moebius bench` compares kernels with. Timestamps when the queue has them,
+// else host time around each submit.
+double copy_bandwidth_gbps(Device& dev, uint64_t bytes = 64ull << 20, int reps = 5);
+
 // y (n, out) = x (n, in) · Wᵀ with W decoded from `w` exactly as BinaryLinear decodes it.
 void binary_matmul_wt(Device& dev, CommandList& cl, const BinaryTensors& w, const Buffer& x, int n, Buffer& y);
 

@@ -1,11 +1,10 @@
 #include "engine/vulkan/runner.h"
 
 #include "engine/core/error.h"
-#include "engine/core/sampling.h"
+#include "engine/cpu/cejd_linear.h"
 #include "engine/vulkan/ops.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 
 namespace moebius::vk {
@@ -84,14 +83,46 @@ Runner::Runner(Device& dev, const Model& model, int n_ctx) : dev_(dev), spec_(mo
             G.shared_gated = L.shared_expert_gate != nullptr;
             if (G.shared_gated) router.push_back(L.shared_expert_gate.get());
             G.router = upload(router, (int)(s.n_expert + (G.shared_gated ? 1 : 0)), pre + "router");
+            // MoBiE's shared bases: the experts of a kind are CEJD on one side with one basis (cejd_linear.h).
+            auto shared = [&](int kind, bool input_side) -> const CejdLinear* {
+                const CejdLinear* first = nullptr;
+                for (const auto& e : L.experts) {
+                    const auto* c = dynamic_cast<const CejdLinear*>(e[kind].get());
+                    if (!c || c->input_side() != input_side || (first && c->basis() != first->basis())) return nullptr;
+                    if (!first) first = c;
+                }
+                return first;
+            };
+            const CejdLinear *cg = shared(0, true), *cu = shared(1, true), *cd = shared(2, false);
+            const bool        in_side = cg && cu && cg->rank() == cu->rank();
+            auto part = [](const Linear* l, bool use) { return use ? &static_cast<const CejdLinear*>(l)->residual() : l; };
             std::vector<const Linear*> gu, down;
             for (const auto& e : L.experts) {
-                gu.push_back(e[0].get());
-                gu.push_back(e[1].get());
-                down.push_back(e[2].get());
+                gu.push_back(part(e[0].get(), in_side));
+                gu.push_back(part(e[1].get(), in_side));
+                down.push_back(part(e[2].get(), cd != nullptr));
             }
             G.experts_gu   = upload(gu, s.n_ff_expert, pre + "experts gate/up");
             G.experts_down = upload(down, s.n_embd, pre + "experts down");
+            if (in_side) {
+                G.rank_gu  = cg->rank();
+                G.basis_gu = upload({cg->basis().get(), cu->basis().get()}, 2 * G.rank_gu, pre + "experts gate/up basis");
+                std::vector<float> coef; // (2·n_expert·F, r): gate's then up's rows of each expert
+                for (const auto& e : L.experts)
+                    for (int kind = 0; kind < 2; ++kind) {
+                        const auto dq = static_cast<const CejdLinear&>(*e[kind]).coef().dequantize();
+                        coef.insert(coef.end(), dq.begin(), dq.end());
+                    }
+                G.coef_gu = upload_f32(dev_, coef);
+            }
+            if (cd) {
+                G.rank_down = cd->rank();
+                std::vector<const Linear*> coefs;
+                for (const auto& e : L.experts) coefs.push_back(&static_cast<const CejdLinear&>(*e[2]).coef());
+                G.coef_down  = upload(coefs, G.rank_down, pre + "experts down coefficients");
+                G.basis_down = upload({cd->basis().get()}, s.n_embd, pre + "experts down basis");
+            }
+            max_rank_ = std::max({max_rank_, G.rank_gu, G.rank_down});
             if (L.shared_gate) {
                 G.ffn_gu   = upload({L.shared_gate.get(), L.shared_up.get()}, s.n_ff_shared, pre + "shared gate/up");
                 G.ffn_down = upload({L.shared_down.get()}, s.n_embd, pre + "shared down");
@@ -102,15 +133,15 @@ Runner::Runner(Device& dev, const Model& model, int n_ctx) : dev_(dev), spec_(mo
             G.ffn_down = upload({L.dense_down.get()}, s.n_embd, pre + "dense down");
         }
     }
-    reserve(n_ctx);
+    reset(n_ctx);
     ensure_scratch(1); // a decode step's buffers: what does not fit fails here, before any token runs
 }
 
-void Runner::reserve(int n_ctx) {
+void Runner::reset(int n_ctx) {
     if (n_ctx <= 0) throw InputError("vulkan: the context must hold at least one token");
+    n_past_ = 0;
     if (n_ctx <= n_ctx_ && rope_) return;
     n_ctx_  = n_ctx;
-    n_past_ = 0;
     rope_   = upload_f32(dev_, rope_table(inv_freq_, n_ctx));
     const uint64_t kv_bytes = (uint64_t)n_ctx * shape_.kv_dim() * 4;
     for (auto& G : layers_) {
@@ -122,6 +153,11 @@ void Runner::reserve(int n_ctx) {
         cap_          = 0; // the scores scratch depends on n_ctx
         ensure_scratch(cap);
     }
+}
+
+bool Runner::set_profiling(bool on) {
+    profiling_ = on && dev_.info().timestamp_bits > 0;
+    return profiling_ == on;
 }
 
 void Runner::rewind(int n_past) {
@@ -152,6 +188,8 @@ void Runner::ensure_scratch(int n) {
     last_    = bindable(dev_, (uint64_t)s.n_embd * f, "an activation buffer");
     logits_  = bindable(dev_, cap * s.n_vocab * f, "an activation buffer");
     tokens_  = bindable(dev_, cap * 4, "an activation buffer");
+    lz_      = bindable(dev_, cap * 2 * std::max(max_rank_, 1) * f, "an activation buffer");
+    lv_      = bindable(dev_, cap * std::max(max_rank_, 1) * f, "an activation buffer");
     cap_     = n;
 }
 
@@ -184,6 +222,7 @@ void Runner::forward_chunk(const int32_t* tokens, int n, float* logits, bool log
 
     const int   H = s.n_embd, K = s.n_expert_used, E = s.n_expert;
     CommandList cl(dev_);
+    if (profiling_) cl.enable_timing();
     embed(dev_, cl, tokens_, n, embed_, H, x_);
     size_t layer_start = cl.n_dispatches();
     for (int il = 0; il < s.n_layer; ++il) {
@@ -192,20 +231,39 @@ void Runner::forward_chunk(const int32_t* tokens, int n, float* logits, bool log
         // h = x + O(Attn(RoPE(norm(QKV(RMSNorm(x))))))
         rmsnorm(dev_, cl, x_, n, H, G.attn_norm, s.rms_eps, hn_);
         linear(dev_, cl, G.qkv, 0, hn_, n, qkv_, {.bias = G.bqkv ? &G.bqkv : nullptr});
+        cl.label("qkv_proj");
         qk_rope(dev_, cl, qkv_, n, n_past_, shape_, qk_mode_, G.q_norm ? &G.q_norm : nullptr,
                 G.k_norm ? &G.k_norm : nullptr, s.rms_eps, s.clip_qkv, rope_, q_, G.k_cache, G.v_cache);
         attention(dev_, cl, q_, G.k_cache, G.v_cache, n, n_past_, shape_, n_ctx_, scores_, attn_);
         linear(dev_, cl, G.o, 0, attn_, n, x_, {.bias = G.bo ? &G.bo : nullptr, .residual = true});
+        cl.label("o_proj");
         // out = h + FFN(RMSNorm(h))
         rmsnorm(dev_, cl, x_, n, H, G.ffn_norm, s.rms_eps, hn_);
         if (G.is_moe) {
             const int stride = E + (G.shared_gated ? 1 : 0);
             linear(dev_, cl, G.router, 0, hn_, n, rlogits_);
+            cl.label("router");
             router_topk(dev_, cl, rlogits_, n, E, K, stride, s.norm_topk_prob, ids_, topw_);
-            moe_gate_up(dev_, cl, hn_, n, &ids_, K, G.experts_gu, h_);
+            LowRank lr;
+            if (G.rank_gu) {
+                linear(dev_, cl, G.basis_gu, 0, hn_, n, lz_);
+                cl.label("basis_gate_up");
+                lr = {&lz_, &G.coef_gu, G.rank_gu};
+            }
+            moe_gate_up(dev_, cl, hn_, n, &ids_, K, G.experts_gu, h_, lr);
+            // Down's shared basis: v = Σ_j w_j C_e h_j (moe_down over the coefficients), then y += B v.
+            auto down_basis = [&](Buffer& y) {
+                if (!G.rank_down) return;
+                moe_down(dev_, cl, h_, ids_, topw_, n, K, G.coef_down, lv_, false);
+                cl.label("coef_down");
+                linear(dev_, cl, G.basis_down, 0, lv_, n, y, {.residual = true});
+                cl.label("basis_down");
+            };
             if (G.ffn_gu.n_mats) {
                 moe_gate_up(dev_, cl, hn_, n, nullptr, 1, G.ffn_gu, hs_);
+                cl.label("shared_gate_up");
                 moe_down(dev_, cl, h_, ids_, topw_, n, K, G.experts_down, delta_, false);
+                down_basis(delta_);
                 // x += routed + sigmoid(gate) · shared, the CPU's order.
                 Epilogue ep{.add = &delta_, .residual = true};
                 if (G.shared_gated) {
@@ -214,12 +272,16 @@ void Runner::forward_chunk(const int32_t* tokens, int n, float* logits, bool log
                     ep.gate_off    = E;
                 }
                 linear(dev_, cl, G.ffn_down, 0, hs_, n, x_, ep);
+                cl.label("shared_down");
             } else {
                 moe_down(dev_, cl, h_, ids_, topw_, n, K, G.experts_down, x_, true);
+                down_basis(x_);
             }
         } else {
             moe_gate_up(dev_, cl, hn_, n, nullptr, 1, G.ffn_gu, hs_);
+            cl.label("dense_gate_up");
             linear(dev_, cl, G.ffn_down, 0, hs_, n, x_, {.residual = true});
+            cl.label("dense_down");
         }
     }
     last_layer_dispatches_ = cl.n_dispatches() - layer_start;
@@ -228,101 +290,25 @@ void Runner::forward_chunk(const int32_t* tokens, int n, float* logits, bool log
         if (logits_all) {
             rmsnorm(dev_, cl, x_, n, H, final_norm_, s.rms_eps, hn_);
             linear(dev_, cl, lm_head_, 0, hn_, n, logits_);
+            cl.label("lm_head");
         } else {
             cl.copy(x_, last_, (uint64_t)H * 4, (uint64_t)(n - 1) * H * 4, 0);
             rmsnorm(dev_, cl, last_, 1, H, final_norm_, s.rms_eps, last_);
             linear(dev_, cl, lm_head_, 0, last_, 1, logits_);
+            cl.label("lm_head");
         }
     }
     last_dispatches_ = cl.n_dispatches();
     cl.submit_and_wait();
+    for (const auto& t : cl.timings()) {
+        auto it = std::find_if(profile_.begin(), profile_.end(), [&](const KernelStats& k) { return k.name == t.name; });
+        if (it == profile_.end()) it = profile_.insert(profile_.end(), KernelStats{t.name});
+        it->calls += 1;
+        it->seconds += t.seconds;
+        it->bytes += t.bytes;
+    }
     n_past_ += n;
     if (logits) dev_.download(logits_, logits, (uint64_t)n_out * s.n_vocab * 4);
-}
-
-GenerateResult generate(Runner& runner, std::span<const int32_t> prompt, const GenerateOptions& opt,
-                        const std::function<bool(int32_t)>& on_token) {
-    // The loop of engine/cpu/generate.cpp, with the runner's forward (its cache) in place of Model::forward.
-    using clock = std::chrono::steady_clock;
-    if (prompt.empty()) throw InputError("the prompt is empty");
-    const ModelSpec& spec  = runner.spec();
-    int              n_ctx = opt.n_ctx > 0 ? opt.n_ctx : (int)prompt.size() + opt.max_tokens;
-    n_ctx                  = std::min(n_ctx, std::max(spec.max_position, (int)prompt.size() + 1));
-    if ((int)prompt.size() >= n_ctx)
-        throw InputError("the prompt has " + std::to_string(prompt.size()) + " tokens; the context holds " +
-                         std::to_string(n_ctx));
-    runner.reserve(n_ctx);
-    runner.clear();
-
-    GenerateResult res;
-    res.prompt_tokens = (int)prompt.size();
-    std::vector<int32_t> seq(prompt.begin(), prompt.end());
-    std::vector<float>   logits(spec.n_vocab);
-    Sampler              sampler(opt.sampling);
-
-    auto t0 = clock::now();
-    runner.forward(seq.data(), (int)seq.size(), logits.data(), false);
-    res.prefill_s = std::chrono::duration<double>(clock::now() - t0).count();
-    auto t1       = clock::now();
-
-    res.stop_reason = "length";
-    for (int step = 0; step < opt.max_tokens; ++step) {
-        if (step > 0) {
-            if ((int)seq.size() >= n_ctx) {
-                res.stop_reason = "context";
-                break;
-            }
-            if (opt.use_cache) {
-                runner.forward(&seq.back(), 1, logits.data(), false);
-            } else {
-                runner.clear();
-                runner.forward(seq.data(), (int)seq.size(), logits.data(), false);
-            }
-        }
-        int32_t tok = sampler.sample(logits.data(), spec.n_vocab, seq);
-        if (step == 0) res.time_to_first_token_s = std::chrono::duration<double>(clock::now() - t0).count();
-        if (std::find(opt.stop_ids.begin(), opt.stop_ids.end(), tok) != opt.stop_ids.end()) {
-            res.stop_reason = "eos";
-            break;
-        }
-        seq.push_back(tok);
-        res.tokens.push_back(tok);
-        if (on_token && !on_token(tok)) {
-            res.stop_reason = "cancelled";
-            break;
-        }
-    }
-    res.decode_s = std::chrono::duration<double>(clock::now() - t1).count();
-    return res;
-}
-
-PerplexityResult perplexity(Runner& runner, std::span<const int32_t> ids, int seqlen, const ProgressFn& progress) {
-    // The protocol of engine/eval/perplexity.cpp.
-    if (seqlen < 2) throw InputError("seqlen must be at least 2");
-    PerplexityResult r;
-    r.seqlen  = seqlen;
-    r.windows = (int)(ids.size() / seqlen);
-    if (r.windows == 0)
-        throw InputError("the text has " + std::to_string(ids.size()) + " tokens, fewer than one window of " +
-                         std::to_string(seqlen));
-    const int          V = runner.spec().n_vocab;
-    std::vector<float> logits((size_t)seqlen * V);
-    runner.reserve(seqlen);
-    double nll = 0;
-    for (int w = 0; w < r.windows; ++w) {
-        report_progress(progress, (double)w / r.windows,
-                        "window " + std::to_string(w + 1) + "/" + std::to_string(r.windows));
-        runner.clear();
-        const int32_t* win = ids.data() + (int64_t)w * seqlen;
-        runner.forward(win, seqlen, logits.data(), true);
-        nll += window_nll(logits.data(), seqlen, V, win);
-    }
-    report_progress(progress, 1.0, "done");
-    r.tokens      = (int64_t)r.windows * seqlen;
-    r.predictions = (int64_t)r.windows * (seqlen - 1);
-    r.mean_nll    = nll / r.predictions;
-    r.ppl         = std::exp(r.mean_nll);
-    return r;
 }
 
 } // namespace moebius::vk

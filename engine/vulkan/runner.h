@@ -2,45 +2,53 @@
 // The whole model on a Vulkan device: weights uploaded once (f32, or the nbit format read directly by the
 // kernels; other formats dequantized to f32 at upload, with the reason in notes()), a KV cache in device buffers,
 // and one command buffer per forward call, submitted once. The math follows the CPU forward (engine/cpu/model.cpp)
-// step by step; tests/unit/test_vulkan_runner.cpp compares logits, greedy tokens and perplexity with it.
-#include "engine/core/progress.h"
-#include "engine/cpu/generate.h"
+// step by step; tests/unit/test_vulkan_runner.cpp compares logits, greedy tokens and perplexity with it. As a
+// Session it runs engine/cpu/generate.h's generate(), engine/eval's perplexity() and evaluate_mc().
 #include "engine/cpu/model.h"
-#include "engine/eval/perplexity.h"
+#include "engine/cpu/session.h"
 #include "engine/vulkan/model_ops.h"
 
-#include <functional>
-#include <span>
 #include <string>
 #include <vector>
 
 namespace moebius::vk {
 
-class Runner {
+class Runner final : public Session {
   public:
     // Uploads every layer of `model` (which must have all layers loaded) with room for n_ctx positions.
     // Throws UnsupportedError for what the device or the kernels cannot hold (the caller may fall back to the CPU).
     Runner(Device& dev, const Model& model, int n_ctx);
 
-    const ModelSpec& spec() const { return spec_; }
+    const ModelSpec& spec() const override { return spec_; }
     Device&          device() { return dev_; }
-    int              n_ctx() const { return n_ctx_; }
-    int              n_past() const { return n_past_; }
-    // Forget the cache (or rewind it to `n_past` positions: later tokens overwrite the rest).
-    void             clear() { n_past_ = 0; }
-    void             rewind(int n_past);
-    // Grows the KV cache to n_ctx positions (its content is dropped).
-    void             reserve(int n_ctx);
+    int              n_ctx() const override { return n_ctx_; }
+    int              n_past() const override { return n_past_; }
+    void             rewind(int n_past) override;
+    // Grows the KV cache to n_ctx positions if it is smaller (never shrinks it) and empties it.
+    void             reset(int n_ctx) override;
 
     // Runs n tokens at positions n_past().. and appends them to the cache, as Model::forward.
     // logits: (n, n_vocab) if logits_all, else (n_vocab) for the last token; may be nullptr.
-    void forward(const int32_t* tokens, int n, float* logits, bool logits_all);
+    void forward(const int32_t* tokens, int n, float* logits, bool logits_all) override;
 
     // One line per weight set that was dequantized at upload (format and reason), for the user.
     const std::vector<std::string>& notes() const { return notes_; }
     // Dispatches recorded by the last forward call, and of those, per decoder layer (the same for every MoE layer).
     size_t last_dispatches() const { return last_dispatches_; }
     size_t last_layer_dispatches() const { return last_layer_dispatches_; }
+
+    // Device time per kernel over the forward calls made while profiling is on (timestamps after every command):
+    // name (the shader, or the projection for the dense linears), calls, seconds and the bytes the calls must move
+    // (CommandList::annotate). set_profiling returns false when the device's queue has no timestamps.
+    struct KernelStats {
+        std::string name;
+        size_t      calls   = 0;
+        double      seconds = 0;
+        uint64_t    bytes   = 0;
+    };
+    bool                            set_profiling(bool on);
+    const std::vector<KernelStats>& profile() const { return profile_; }
+    void                            clear_profile() { profile_.clear(); }
 
   private:
     struct Layer {
@@ -51,6 +59,12 @@ class Runner {
         QWeights experts_gu;       // (2·n_expert, F, H): gate, up of each expert
         QWeights experts_down;     // (n_expert, H, F)
         QWeights ffn_gu, ffn_down; // shared expert or dense FFN: (2, F', H), (1, H, F'); n_mats 0 when absent
+        // MoBiE's shared bases (cejd_linear.h), when every routed expert has them: experts_gu / experts_down then
+        // hold the residuals. Input side: z = [B_g; B_u] x (2r, H) and f32 coefficients (2·n_expert·F, r); output
+        // side: v = Σ_j w_j C_e h_j with C (n_expert, r, F), then B (H, r) v once.
+        int      rank_gu = 0, rank_down = 0; // 0: not on that side
+        QWeights basis_gu, basis_down, coef_down;
+        Buffer   coef_gu;
         bool     shared_gated = false;
         Buffer   k_cache, v_cache; // (n_ctx, kv_dim)
     };
@@ -72,17 +86,14 @@ class Runner {
     std::vector<float> inv_freq_;
     // Activations: x, hn (cap, H); qkv (cap, q_dim + 2·kv_dim); q, attn (cap, q_dim); scores (cap·n_head, n_ctx);
     // rlogits (cap, n_expert + 1); ids, topw (cap, k); h (cap·k, F); hs (cap, F'); delta (cap, H);
-    // last (1, H); logits (cap, n_vocab); tokens (cap).
+    // last (1, H); logits (cap, n_vocab); tokens (cap); lz (cap, 2r), lv (cap, r): MoBiE's basis activations.
     Buffer x_, hn_, qkv_, q_, attn_, scores_, rlogits_, ids_, topw_, h_, hs_, delta_, last_, logits_, tokens_;
+    Buffer lz_, lv_;
+    int    max_rank_ = 0;
     std::vector<std::string> notes_;
     size_t                   last_dispatches_ = 0, last_layer_dispatches_ = 0;
+    bool                     profiling_ = false;
+    std::vector<KernelStats> profile_;
 };
-
-// generate() (engine/cpu/generate.h) on the runner: the same prefill / decode loop and the same Sampler.
-GenerateResult generate(Runner& runner, std::span<const int32_t> prompt, const GenerateOptions& opt,
-                        const std::function<bool(int32_t)>& on_token = {});
-
-// perplexity() (engine/eval/perplexity.h) on the runner: same windows, same window_nll.
-PerplexityResult perplexity(Runner& runner, std::span<const int32_t> ids, int seqlen, const ProgressFn& progress = {});
 
 } // namespace moebius::vk

@@ -47,12 +47,28 @@ TEST(CliVulkan, PerplexityMatchesCpu) {
     EXPECT_NEAR(b, a, 1e-4 * a);
 }
 
+TEST(CliVulkan, TasksMatchCpu) {
+    const std::string cmd = "tasks --limit 2 --json";
+    CliRun            cpu = run_cli(cmd);
+    CliRun            gpu = run_cli(cmd + " --backend vulkan");
+    ASSERT_EQ(cpu.code, 0) << cpu.err;
+    ASSERT_EQ(gpu.code, 0) << gpu.err;
+#if MOEBIUS_HAS_VULKAN
+    if (!no_vulkan_expected()) {
+        EXPECT_NE(gpu.err.find("tasks on Vulkan device"), std::string::npos) << gpu.err;
+    }
+#endif
+    EXPECT_EQ(json::parse(gpu.out)["n"], 2);
+    EXPECT_EQ(json::parse(gpu.out)["acc"], json::parse(cpu.out)["acc"]);
+    EXPECT_EQ(json::parse(gpu.out)["acc_norm"], json::parse(cpu.out)["acc_norm"]);
+}
+
 TEST(CliVulkan, FallsBackToCpuWithTheReason) {
     CliRun r = run_cli("ppl --seqlen 16 --max-windows 1 --json --backend vulkan --device no-such-device");
     ASSERT_EQ(r.code, 0) << r.err;
     EXPECT_NE(r.err.find("runs on the CPU"), std::string::npos) << r.err;
     EXPECT_TRUE(json::parse(r.out).contains("ppl"));
-    CliRun t = run_cli("tasks --limit 2 --json --backend vulkan");
+    CliRun t = run_cli("tasks --limit 2 --json --backend vulkan --device no-such-device");
     ASSERT_EQ(t.code, 0) << t.err;
     EXPECT_NE(t.err.find("runs on the CPU"), std::string::npos) << t.err;
 }

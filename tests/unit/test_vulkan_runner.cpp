@@ -1,7 +1,8 @@
 // The Vulkan model runner against the CPU forward (engine/cpu/model.cpp): logits of prefill and decode for every
 // family (random tiny models: Qwen3 per-head q/k norm, OLMoE full q/k norm, DeepSeek dense first layer and shared
 // experts, Mixtral renormalised routing) and the bundled Qwen2-MoE (biases, gated shared expert); greedy generation
-// token for token; perplexity within 0.5 % for the f32 and an RTN 4-bit model (nbit kernels); batch invariance and
+// token for token; perplexity within 0.5 % (in fact 1e-4) for the f32 model and each quantization method's output
+// (nbit, binary, vq kernels, MoBiE's shared bases); the multiple-choice scorer on the runner; batch invariance and
 // repeat-run determinism. Missing-device policy as test_vulkan_ops.cpp.
 #include <gtest/gtest.h>
 
@@ -10,10 +11,14 @@
 #include "engine/core/tokenizer.h"
 #include "engine/cpu/generate.h"
 #include "engine/cpu/model.h"
+#include "engine/cpu/binary_linear.h"
+#include "engine/cpu/cejd_linear.h"
 #include "engine/cpu/nbit_linear.h"
 #include "engine/eval/perplexity.h"
+#include "engine/eval/tasks.h"
 #include "engine/vulkan/runner.h"
 #include "engine/cpu/vq_linear.h"
+#include "quantizer/calibration/calibration_data.h"
 #include "quantizer/pipeline.h"
 #include "test_util.h"
 #include "test_vulkan_util.h"
@@ -119,7 +124,7 @@ TEST(VulkanRunner, GreedyTokensMatchCpu) {
     auto cpu = generate(*m, k_prompt, opt);
     vk::Runner r(*dev, *m, 1);
     auto t0  = std::chrono::steady_clock::now();
-    auto gpu = vk::generate(r, k_prompt, opt);
+    auto gpu = generate(r, k_prompt, opt);
     auto s   = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     EXPECT_EQ(gpu.tokens, cpu.tokens);
     EXPECT_EQ(gpu.tokens.size(), 64u);
@@ -142,18 +147,40 @@ TEST(VulkanRunner, PerplexityMatchesCpuF32AndRtn) {
         vk::Runner r(*dev, *m, 32);
         EXPECT_TRUE(r.notes().empty()) << r.notes().front(); // f32 and nbit are read directly, nothing dequantized
         const auto cpu = perplexity(*m, ids, 32);
-        const auto gpu = vk::perplexity(r, ids, 32);
+        const auto gpu = perplexity(r, ids, 32);
         EXPECT_EQ(gpu.windows, 2);
         EXPECT_NEAR(gpu.ppl, cpu.ppl, 0.005 * cpu.ppl) << (pass ? "rtn" : "f32");
         EXPECT_NEAR(gpu.ppl, cpu.ppl, 1e-4 * cpu.ppl) << (pass ? "rtn" : "f32") << " (summation order only)";
     }
 }
 
-TEST(VulkanRunner, VqKernelsAndDequantizedFormatsMatchCpu) {
+TEST(VulkanRunner, MultipleChoiceMatchesCpu) {
+    // evaluate_mc drives the runner through the Session interface: context once, cache rewinds per choice, and a
+    // cache that grows between items. Log-likelihoods agree to f32 summation order, so the choices do too.
     VK_DEVICE_OR_SKIP(dev);
-    // VQ (D = 2, 2 bits, row scales) in every expert, shared expert and o_proj: random codebooks and indices of the
-    // weights' scale (what matters is that the runner's vq kernels compute what VqLinear computes). The q/k/v stack
-    // stays dense; a vq q/k/v stack (three row counts) would be dequantized with a note.
+    auto       m     = Model::load(test::bundled_model());
+    Tokenizer  tok   = Tokenizer::from_file(test::bundled_model() / "tokenizer.json");
+    auto       items = load_mc_tasks(test::resources_dir() / "tasks" / "kjv-cloze-test.jsonl");
+    items.resize(2);
+    vk::Runner r(*dev, *m, 4); // smaller than any item: evaluate_mc resets it to what each item needs
+    const auto cpu = evaluate_mc(*m, tok, items);
+    const auto gpu = evaluate_mc(r, tok, items);
+    ASSERT_EQ(gpu.loglik.size(), cpu.loglik.size());
+    for (size_t i = 0; i < cpu.loglik.size(); ++i) {
+        ASSERT_EQ(gpu.loglik[i].size(), cpu.loglik[i].size());
+        for (size_t c = 0; c < cpu.loglik[i].size(); ++c)
+            EXPECT_NEAR(gpu.loglik[i][c], cpu.loglik[i][c], 1e-3 + 1e-4 * std::fabs(cpu.loglik[i][c]))
+                << "item " << i << " choice " << c;
+    }
+    EXPECT_EQ(gpu.predicted, cpu.predicted);
+    EXPECT_EQ(gpu.predicted_norm, cpu.predicted_norm);
+}
+
+TEST(VulkanRunner, VqBinaryAndSharedBasisKernelsMatchCpu) {
+    VK_DEVICE_OR_SKIP(dev);
+    // VQ (D = 2, 2 bits, row scales) in every linear but the router: random codebooks and indices of the weights'
+    // scale (what matters is that the runner's vq kernels compute what VqLinear computes); q | k | v stacked into
+    // one matrix, their 32-row codebook blocks lining up.
     {
         auto         m = Model::load(test::bundled_model());
         std::mt19937 rng(3);
@@ -172,23 +199,101 @@ TEST(VulkanRunner, VqKernelsAndDequantizedFormatsMatchCpu) {
             LayerWeights& L = m->layer(il);
             for (auto& e : L.experts)
                 for (auto& l : e) l = vq(*l);
-            for (auto* l : {&L.shared_gate, &L.shared_up, &L.shared_down, &L.o}) *l = vq(**l);
+            for (auto* l : {&L.shared_gate, &L.shared_up, &L.shared_down, &L.o, &L.q, &L.k, &L.v}) *l = vq(**l);
         }
         vk::Runner r(*dev, *m, 16);
         EXPECT_TRUE(r.notes().empty()) << r.notes().front();
         expect_same_logits(*dev, *m, k_prompt, 2, 2e-5);
     }
-    // Sign binarization (rtn 1-bit, the "binary" format): no runner kernel yet, dequantized at upload with a note.
+    // The binary format read by the kernels (qweight.glsl FORMAT 3), in every variant the binarizers write: ARB-RC
+    // (two salient groups, column scales, no means) in the experts, BiLLM (one salient group, means) in the shared
+    // expert, MoBiE's residual (no salient columns) in o_proj, and q | k | v stacked with different salient columns
+    // each (one region per linear). Random signs, split bits and f16-exact scales of the weights' magnitude.
     {
+        auto         m = Model::load(test::bundled_model());
+        std::mt19937 rng(5);
+        auto         bin = [&](const Linear& l, int sg, bool mean, bool cols) {
+            BinaryWeights w;
+            w.out = l.out_features(), w.in = l.in_features(), w.block = std::min(128, w.in);
+            w.salient_groups = sg, w.has_mean = mean, w.has_col_scale = cols;
+            w.salient.assign(w.in, 0);
+            if (sg > 0)
+                for (auto& s : w.salient) s = rng() % 10 == 0; // ~10 % salient columns
+            w.split.resize((size_t)w.out * w.in);
+            w.sign1.resize(w.split.size());
+            w.sign2.resize(w.split.size());
+            for (size_t i = 0; i < w.split.size(); ++i) {
+                w.split[i] = rng() % 2;
+                w.sign1[i] = rng() % 2 ? 1 : -1;
+                w.sign2[i] = rng() % 2 ? 1 : -1;
+            }
+            auto f16 = [&](int lo, int hi, int e) { return std::ldexp((float)(lo + (int)(rng() % (hi - lo))), e); };
+            w.row_scale.resize((size_t)w.out * w.n_blocks() * w.n_slots());
+            for (auto& v : w.row_scale) v = f16(16, 128, -11);
+            if (mean) {
+                w.row_mean.resize((size_t)w.out * w.n_blocks() * w.n_groups());
+                for (auto& v : w.row_mean) v = f16(-32, 32, -12);
+            }
+            if (cols) {
+                w.col_scale.resize((size_t)w.in * w.n_slots());
+                for (auto& v : w.col_scale) v = f16(256, 1024, -9);
+            }
+            return std::make_unique<BinaryLinear>(w);
+        };
+        // MoBiE's layout in layers 2, 3: binary residuals plus a rank-4 basis per kind shared by the experts (input
+        // side for gate / up, output side for down), the runner's shared-basis path.
+        auto dense = [&](int out, int in) {
+            std::vector<float> w((size_t)out * in);
+            for (auto& v : w) v = (float)((int)(rng() % 200) - 100) / 2000.f;
+            return std::make_unique<DenseLinear>(in, out, std::move(w));
+        };
+        const int H = m->spec().n_embd, F = m->spec().n_ff_expert, rk = 4;
+        for (int il = 0; il < m->spec().n_layer; ++il) {
+            LayerWeights& L = m->layer(il);
+            if (il >= 2) {
+                std::shared_ptr<const Linear> bg = dense(rk, H), bu = dense(rk, H), bd = dense(H, rk);
+                for (size_t e = 0; e < L.experts.size(); ++e) {
+                    auto& ex = L.experts[e];
+                    ex[0] = std::make_unique<CejdLinear>(bin(*ex[0], 0, false, true), dense(F, rk), bg, true, "g", e == 0);
+                    ex[1] = std::make_unique<CejdLinear>(bin(*ex[1], 0, false, true), dense(F, rk), bu, true, "u", e == 0);
+                    ex[2] = std::make_unique<CejdLinear>(bin(*ex[2], 0, false, true), dense(rk, F), bd, false, "d", e == 0);
+                }
+            }
+            for (auto& e : L.experts)
+                if (il < 2)
+                    for (auto& l : e) l = bin(*l, 2, false, true);
+            for (auto* l : {&L.shared_gate, &L.shared_up, &L.shared_down}) *l = bin(**l, 1, true, false);
+            L.o = bin(*L.o, 0, true, false);
+            for (auto* l : {&L.q, &L.k, &L.v}) *l = bin(**l, 1, true, false);
+        }
+        vk::Runner r(*dev, *m, 16);
+        EXPECT_TRUE(r.notes().empty()) << r.notes().front();
+        expect_same_logits(*dev, *m, k_prompt, 2, 2e-5);
+    }
+}
+
+TEST(VulkanRunner, QuantizedCheckpointsPerplexityMatchesCpu) {
+    // Every method's real output (tiny calibration) on the runner: GPTQ (nbit kernels), BiLLM and ARB-RC (binary
+    // kernels), GPTVQ (vq kernels), MoBiE (binary residuals, its shared bases applied once per token). Nothing is
+    // dequantized at upload.
+    VK_DEVICE_OR_SKIP(dev);
+    const auto ids   = test_text_ids(64);
+    auto       tok   = Tokenizer::from_file(test::bundled_model() / "tokenizer.json");
+    auto       train = tok.encode(test::read_text(test::resources_dir() / "corpus" / "train.txt").substr(0, 100000));
+    const auto calib = quant::random_windows(train, 2, 64, 7, "train.txt");
+    for (const std::string method : {"gptq", "billm", "arb-rc", "gptvq", "mobie"}) {
         auto                   m = Model::load(test::bundled_model());
         quant::QuantizeOptions opt;
-        opt.method = "rtn";
-        opt.bits   = 1;
-        quant::quantize_model(*m, quant::CalibrationSet{}, opt);
-        vk::Runner r(*dev, *m, 16);
-        ASSERT_FALSE(r.notes().empty());
-        EXPECT_NE(r.notes().front().find("binary"), std::string::npos) << r.notes().front();
-        expect_same_logits(*dev, *m, k_prompt, 2, 2e-5);
+        opt.method     = method;
+        opt.bits       = method == "gptq" ? 4 : 2;
+        opt.mobie_rank = 4;
+        quant::quantize_model(*m, calib, opt);
+        vk::Runner r(*dev, *m, 32);
+        EXPECT_TRUE(r.notes().empty()) << method << ": " << (r.notes().empty() ? "" : r.notes().front());
+        const auto cpu = perplexity(*m, ids, 32);
+        const auto gpu = perplexity(r, ids, 32);
+        EXPECT_NEAR(gpu.ppl, cpu.ppl, 0.005 * cpu.ppl) << method;
+        EXPECT_NEAR(gpu.ppl, cpu.ppl, 1e-4 * cpu.ppl) << method << " (summation order only)";
     }
 }
 
