@@ -14,6 +14,7 @@ layout(constant_id = 1) const uint FORMAT = 0;
 layout(constant_id = 2) const uint BITS = 4;
 layout(constant_id = 3) const bool USE_IDS = true;
 layout(constant_id = 4) const bool LOWRANK = false;
+layout(constant_id = 5) const bool NORM = false; // x is the residual stream: apply RMSNorm(x; ng) as linear.comp does
 layout(local_size_x_id = 0) in;
 
 layout(std430, binding = 0) readonly buffer X { float x[]; };     // (n, H)
@@ -23,9 +24,10 @@ layout(std430, binding = 2) writeonly buffer Hb { float h[]; };   // (n·k, F)
 #include "qweight.glsl"
 layout(std430, binding = 6) readonly buffer Z { float z[]; };     // (n, 2r) or a dummy
 layout(std430, binding = 7) readonly buffer C { float coef[]; };  // (2·n_expert·F, r) or a dummy
-layout(push_constant) uniform P { uint n, k, in_f, ff, row_bytes, n_groups, group, rank; } p;
+layout(std430, binding = 8) readonly buffer NG { float ng[]; };   // (H) RMSNorm weight or a dummy
+layout(push_constant) uniform P { uint n, k, in_f, ff, row_bytes, n_groups, group, rank; float eps; } p;
 
-shared float rg[WG], ru[WG];
+shared float rg[WG], ru[WG], rs[WG];
 
 void main() {
     const uint f = gl_WorkGroupID.x, t = gl_WorkGroupID.y, j = gl_WorkGroupID.z;
@@ -33,24 +35,35 @@ void main() {
     const uint lid = gl_LocalInvocationID.x;
     const uint e   = USE_IDS ? uint(ids[t * p.k + j]) : j;
     const uint r0  = e * 2 * p.ff + f, r1 = r0 + p.ff;
-    float g = 0.0, u = 0.0;
+    float g = 0.0, u = 0.0, ss = 0.0;
     for (uint i = lid; i < p.in_f; i += WG) {
-        const float xv = x[t * p.in_f + i];
+        float xv = x[t * p.in_f + i];
+        if (NORM) {
+            ss += xv * xv;
+            xv = ng[i] * xv;
+        }
         g += qweight(r0, i, p.in_f, p.ff, p.row_bytes, p.n_groups, p.group) * xv;
         u += qweight(r1, i, p.in_f, p.ff, p.row_bytes, p.n_groups, p.group) * xv;
     }
     rg[lid] = g;
     ru[lid] = u;
+    if (NORM) rs[lid] = ss;
     barrier();
     for (uint s = WG / 2; s > 0; s >>= 1) {
         if (lid < s) {
             rg[lid] += rg[lid + s];
             ru[lid] += ru[lid + s];
+            if (NORM) rs[lid] += rs[lid + s];
         }
         barrier();
     }
     if (lid == 0) {
         float gv = rg[0], uv = ru[0];
+        if (NORM) {
+            const float inv = 1.0 / sqrt(rs[0] / float(p.in_f) + p.eps);
+            gv *= inv;
+            uv *= inv;
+        }
         if (LOWRANK) {
             float cg = 0.0, cu = 0.0;
             for (uint q = 0; q < p.rank; ++q) {

@@ -247,18 +247,19 @@ void linear(Device& dev, CommandList& cl, const QWeights& w, int mat, const Buff
     MOEBIUS_ASSERT(mat >= 0 && mat < w.n_mats && n > 0);
     struct {
         uint32_t n, in, out, row_bytes, n_groups, group, mat, gate_stride, gate_off;
+        float    eps;
     } pc{(uint32_t)n, (uint32_t)w.in, (uint32_t)w.out, (uint32_t)w.row_bytes, (uint32_t)w.n_groups,
-         (uint32_t)std::max(w.group, 1), (uint32_t)mat, (uint32_t)ep.gate_stride, (uint32_t)ep.gate_off};
+         (uint32_t)std::max(w.group, 1), (uint32_t)mat, (uint32_t)ep.gate_stride, (uint32_t)ep.gate_off, ep.eps};
     // Tokens per workgroup: all of a decode batch (≤ 8), else chunks of 8.
     const int   tokens = std::min(n, 8);
-    const auto& p = dev.pipeline("linear", 8, sizeof pc,
+    const auto& p = dev.pipeline("linear", 9, sizeof pc,
                                  with_weight_spec({row_wg(dev), (uint32_t)w.format, (uint32_t)std::max(w.bits, 1),
                                                    ep.bias ? 1u : 0u, ep.gate ? 1u : 0u, ep.add ? 1u : 0u,
-                                                   ep.residual ? 1u : 0u, (uint32_t)tokens},
+                                                   ep.residual ? 1u : 0u, (uint32_t)tokens, ep.norm ? 1u : 0u},
                                                   w));
     const auto [gx, gy] = row_grid(w.out);
     cl.dispatch(p, {x, y, or_dummy(dev, ep.bias), or_dummy(dev, ep.add), or_dummy(dev, ep.gate), w.w, w.scales,
-                    w.zeros},
+                    w.zeros, or_dummy(dev, ep.norm)},
                 pc, gx, gy, ceil_div(n, tokens));
     cl.annotate(w.matrix_bytes() + (uint64_t)n * (w.in + w.out * (ep.residual || ep.add ? 2 : 1)) * 4);
 }
@@ -329,19 +330,21 @@ void router_topk(Device& dev, CommandList& cl, const Buffer& logits, int n, int 
 }
 
 void moe_gate_up(Device& dev, CommandList& cl, const Buffer& x, int n, const Buffer* ids, int k, const QWeights& gu,
-                 Buffer& h, const LowRank& lr) {
+                 Buffer& h, const LowRank& lr, const InputNorm& nm) {
     check_grid(dev, n, "expert gate/up");
     MOEBIUS_ASSERT(gu.n_mats % 2 == 0 && (ids || 2 * k <= gu.n_mats));
     MOEBIUS_ASSERT(!lr.z == !lr.coef && (!lr.z || lr.rank > 0));
     struct {
         uint32_t n, k, in, ff, row_bytes, n_groups, group, rank;
-    } pc{(uint32_t)n, (uint32_t)k, (uint32_t)gu.in, (uint32_t)gu.out, (uint32_t)gu.row_bytes, (uint32_t)gu.n_groups,
-         (uint32_t)std::max(gu.group, 1), (uint32_t)lr.rank};
-    const auto& p = dev.pipeline("moe_gate_up", 8, sizeof pc,
+        float    eps;
+    } pc{(uint32_t)n,         (uint32_t)k,        (uint32_t)gu.in,      (uint32_t)gu.out,        (uint32_t)gu.row_bytes,
+         (uint32_t)gu.n_groups, (uint32_t)std::max(gu.group, 1), (uint32_t)lr.rank, nm.eps};
+    const auto& p = dev.pipeline("moe_gate_up", 9, sizeof pc,
                                  with_weight_spec({row_wg(dev), (uint32_t)gu.format, (uint32_t)std::max(gu.bits, 1),
-                                                   ids ? 1u : 0u, lr.z ? 1u : 0u},
+                                                   ids ? 1u : 0u, lr.z ? 1u : 0u, nm.norm ? 1u : 0u},
                                                   gu));
-    cl.dispatch(p, {x, or_dummy(dev, ids), h, gu.w, gu.scales, gu.zeros, or_dummy(dev, lr.z), or_dummy(dev, lr.coef)},
+    cl.dispatch(p, {x, or_dummy(dev, ids), h, gu.w, gu.scales, gu.zeros, or_dummy(dev, lr.z), or_dummy(dev, lr.coef),
+                    or_dummy(dev, nm.norm)},
                 pc, (uint32_t)gu.out, (uint32_t)n, (uint32_t)k);
     // Each distinct selected expert's gate and up once (at most every expert).
     const uint64_t experts = std::min<uint64_t>((uint64_t)n * k, gu.n_mats / 2);

@@ -54,6 +54,9 @@ struct Epilogue {
     int           gate_stride = 0, gate_off = 0;
     const Buffer* add         = nullptr; // (n, out): v = add + v
     bool          residual    = false;   // y = y + v instead of y = v
+    // x is the residual stream and the linear applies to RMSNorm(x; norm, eps) (the norm fused into the dot products).
+    const Buffer* norm        = nullptr; // (in)
+    float         eps         = 0;
 };
 
 // y (n, out) = epilogue(x (n, in) · W_matᵀ).
@@ -101,8 +104,13 @@ struct LowRank {
     const Buffer* coef = nullptr;
     int           rank = 0;
 };
+// norm: x is the residual stream and gate / up apply to RMSNorm(x; norm, eps), as Epilogue::norm.
+struct InputNorm {
+    const Buffer* norm = nullptr; // (H)
+    float         eps  = 0;
+};
 void moe_gate_up(Device& dev, CommandList& cl, const Buffer& x, int n, const Buffer* ids, int k, const QWeights& gu,
-                 Buffer& h, const LowRank& lowrank = {});
+                 Buffer& h, const LowRank& lowrank = {}, const InputNorm& norm = {});
 
 // y (n, H) (+)= Σ_j w[t, j] · h[t·k + j] · Wd[ids[t·k + j]]ᵀ, in slot order; down: (n_expert, H, F).
 void moe_down(Device& dev, CommandList& cl, const Buffer& h, const Buffer& ids, const Buffer& w, int n, int k,

@@ -174,7 +174,6 @@ void Runner::ensure_scratch(int n) {
         if (G.ffn_gu.n_mats) ff = std::max(ff, G.ffn_gu.out);
     const int k = std::max(s.n_expert_used, 1);
     x_       = bindable(dev_, cap * s.n_embd * f, "an activation buffer");
-    hn_      = bindable(dev_, cap * s.n_embd * f, "an activation buffer");
     qkv_     = bindable(dev_, cap * (shape_.q_dim() + 2 * shape_.kv_dim()) * f, "an activation buffer");
     q_       = bindable(dev_, cap * shape_.q_dim() * f, "an activation buffer");
     attn_    = bindable(dev_, cap * shape_.q_dim() * f, "an activation buffer");
@@ -228,9 +227,9 @@ void Runner::forward_chunk(const int32_t* tokens, int n, float* logits, bool log
     for (int il = 0; il < s.n_layer; ++il) {
         Layer& G = layers_[il];
         if (il == s.n_layer - 1) layer_start = cl.n_dispatches();
-        // h = x + O(Attn(RoPE(norm(QKV(RMSNorm(x))))))
-        rmsnorm(dev_, cl, x_, n, H, G.attn_norm, s.rms_eps, hn_);
-        linear(dev_, cl, G.qkv, 0, hn_, n, qkv_, {.bias = G.bqkv ? &G.bqkv : nullptr});
+        // h = x + O(Attn(RoPE(norm(QKV(RMSNorm(x)))))); the RMSNorms run inside the kernels that read them.
+        const float eps = s.rms_eps;
+        linear(dev_, cl, G.qkv, 0, x_, n, qkv_, {.bias = G.bqkv ? &G.bqkv : nullptr, .norm = &G.attn_norm, .eps = eps});
         cl.label("qkv_proj");
         qk_rope(dev_, cl, qkv_, n, n_past_, shape_, qk_mode_, G.q_norm ? &G.q_norm : nullptr,
                 G.k_norm ? &G.k_norm : nullptr, s.rms_eps, s.clip_qkv, rope_, q_, G.k_cache, G.v_cache);
@@ -238,19 +237,19 @@ void Runner::forward_chunk(const int32_t* tokens, int n, float* logits, bool log
         linear(dev_, cl, G.o, 0, attn_, n, x_, {.bias = G.bo ? &G.bo : nullptr, .residual = true});
         cl.label("o_proj");
         // out = h + FFN(RMSNorm(h))
-        rmsnorm(dev_, cl, x_, n, H, G.ffn_norm, s.rms_eps, hn_);
+        const InputNorm fn{&G.ffn_norm, eps};
         if (G.is_moe) {
             const int stride = E + (G.shared_gated ? 1 : 0);
-            linear(dev_, cl, G.router, 0, hn_, n, rlogits_);
+            linear(dev_, cl, G.router, 0, x_, n, rlogits_, {.norm = &G.ffn_norm, .eps = eps});
             cl.label("router");
             router_topk(dev_, cl, rlogits_, n, E, K, stride, s.norm_topk_prob, ids_, topw_);
             LowRank lr;
             if (G.rank_gu) {
-                linear(dev_, cl, G.basis_gu, 0, hn_, n, lz_);
+                linear(dev_, cl, G.basis_gu, 0, x_, n, lz_, {.norm = &G.ffn_norm, .eps = eps});
                 cl.label("basis_gate_up");
                 lr = {&lz_, &G.coef_gu, G.rank_gu};
             }
-            moe_gate_up(dev_, cl, hn_, n, &ids_, K, G.experts_gu, h_, lr);
+            moe_gate_up(dev_, cl, x_, n, &ids_, K, G.experts_gu, h_, lr, fn);
             // Down's shared basis: v = Σ_j w_j C_e h_j (moe_down over the coefficients), then y += B v.
             auto down_basis = [&](Buffer& y) {
                 if (!G.rank_down) return;
@@ -260,7 +259,7 @@ void Runner::forward_chunk(const int32_t* tokens, int n, float* logits, bool log
                 cl.label("basis_down");
             };
             if (G.ffn_gu.n_mats) {
-                moe_gate_up(dev_, cl, hn_, n, nullptr, 1, G.ffn_gu, hs_);
+                moe_gate_up(dev_, cl, x_, n, nullptr, 1, G.ffn_gu, hs_, {}, fn);
                 cl.label("shared_gate_up");
                 moe_down(dev_, cl, h_, ids_, topw_, n, K, G.experts_down, delta_, false);
                 down_basis(delta_);
@@ -278,7 +277,7 @@ void Runner::forward_chunk(const int32_t* tokens, int n, float* logits, bool log
                 down_basis(x_);
             }
         } else {
-            moe_gate_up(dev_, cl, hn_, n, nullptr, 1, G.ffn_gu, hs_);
+            moe_gate_up(dev_, cl, x_, n, nullptr, 1, G.ffn_gu, hs_, {}, fn);
             cl.label("dense_gate_up");
             linear(dev_, cl, G.ffn_down, 0, hs_, n, x_, {.residual = true});
             cl.label("dense_down");
@@ -287,14 +286,13 @@ void Runner::forward_chunk(const int32_t* tokens, int n, float* logits, bool log
     last_layer_dispatches_ = cl.n_dispatches() - layer_start;
     const int n_out        = logits_all ? n : 1;
     if (logits) {
+        const Epilogue ep{.norm = &final_norm_, .eps = s.rms_eps};
         if (logits_all) {
-            rmsnorm(dev_, cl, x_, n, H, final_norm_, s.rms_eps, hn_);
-            linear(dev_, cl, lm_head_, 0, hn_, n, logits_);
+            linear(dev_, cl, lm_head_, 0, x_, n, logits_, ep);
             cl.label("lm_head");
         } else {
             cl.copy(x_, last_, (uint64_t)H * 4, (uint64_t)(n - 1) * H * 4, 0);
-            rmsnorm(dev_, cl, last_, 1, H, final_norm_, s.rms_eps, last_);
-            linear(dev_, cl, lm_head_, 0, last_, 1, logits_);
+            linear(dev_, cl, lm_head_, 0, last_, 1, logits_, ep);
             cl.label("lm_head");
         }
     }

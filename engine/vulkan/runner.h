@@ -84,10 +84,10 @@ class Runner final : public Session {
     QWeights           lm_head_;
     std::vector<Layer> layers_;
     std::vector<float> inv_freq_;
-    // Activations: x, hn (cap, H); qkv (cap, q_dim + 2·kv_dim); q, attn (cap, q_dim); scores (cap·n_head, n_ctx);
+    // Activations: x (cap, H); qkv (cap, q_dim + 2·kv_dim); q, attn (cap, q_dim); scores (cap·n_head, n_ctx);
     // rlogits (cap, n_expert + 1); ids, topw (cap, k); h (cap·k, F); hs (cap, F'); delta (cap, H);
     // last (1, H); logits (cap, n_vocab); tokens (cap); lz (cap, 2r), lv (cap, r): MoBiE's basis activations.
-    Buffer x_, hn_, qkv_, q_, attn_, scores_, rlogits_, ids_, topw_, h_, hs_, delta_, last_, logits_, tokens_;
+    Buffer x_, qkv_, q_, attn_, scores_, rlogits_, ids_, topw_, h_, hs_, delta_, last_, logits_, tokens_;
     Buffer lz_, lv_;
     int    max_rank_ = 0;
     std::vector<std::string> notes_;

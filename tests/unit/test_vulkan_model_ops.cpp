@@ -130,6 +130,20 @@ TEST(VulkanModelOps, NbitAndF32LinearEveryMatrixWithEpilogues) {
             auto sc = abs_scale(*mats[1], x, n);
             for (auto& s : sc) s += 1.f;
             expect_close(read_floats(*dev, y, ref.size()), ref, sc, 2e-5, "epilogue n " + std::to_string(n));
+
+            // The fused RMSNorm: y = RMSNorm(x; g) · Wᵀ from the un-normalised x, against cpu::rmsnorm then the linear.
+            auto g = randn(in, 11);
+            for (auto& v : g) v = 1.f + 0.25f * v;
+            std::vector<float> xn(x.size());
+            cpu::rmsnorm(x.data(), n, in, g.data(), 1e-6f, xn.data());
+            std::vector<float> refn((size_t)n * out);
+            mats[2]->forward(xn.data(), n, refn.data());
+            auto            gbuf = dev->upload_vector(g);
+            vk::CommandList cn(*dev);
+            vk::linear(*dev, cn, q, 2, xb, n, y, {.norm = &gbuf, .eps = 1e-6f});
+            cn.submit_and_wait();
+            expect_close(read_floats(*dev, y, refn.size()), refn, abs_scale(*mats[2], xn, n), 2e-5,
+                         "norm n " + std::to_string(n));
         }
     }
 }
@@ -461,6 +475,20 @@ TEST(VulkanModelOps, ExpertDispatchEveryIdDuplicatesAndEmptyExperts) {
             auto gy = read_floats(*dev, yb, ref.size());
             for (size_t i = 0; i < ref.size(); ++i)
                 ASSERT_NEAR(gy[i], ref[i], 1e-4 * (1 + std::fabs(y0[i]))) << "n " << n << " at " << i;
+
+            // The fused RMSNorm on the raw x equals gate/up of the CPU-normalised x (checked above against the CPU).
+            auto gn = randn(H, 12);
+            for (auto& v : gn) v = 1.f + 0.25f * v;
+            std::vector<float> xn(x.size());
+            cpu::rmsnorm(x.data(), n, H, gn.data(), 1e-6f, xn.data());
+            auto            xnb = dev->upload_vector(xn), gnb = dev->upload_vector(gn);
+            auto            hn  = dev->create_buffer(hs.size() * 4);
+            vk::CommandList cn(*dev);
+            vk::moe_gate_up(*dev, cn, xnb, n, &ib, K, qgu, hn);
+            vk::moe_gate_up(*dev, cn, xb, n, &ib, K, qgu, hb, {}, {&gnb, 1e-6f});
+            cn.submit_and_wait();
+            auto a = read_floats(*dev, hn, hs.size()), b = read_floats(*dev, hb, hs.size());
+            for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(b[i], a[i], 1e-4 * (1 + std::fabs(a[i]))) << "norm " << i;
         }
     }
 }
