@@ -1,6 +1,7 @@
 // One weight set of a linear layer on the device, in one of the formats the runner uploads without dequantizing.
 // The including shader defines QW_BINDING (first of three bindings) and spec constants FORMAT and BITS.
 //   FORMAT 0 (f32): qw holds W as f32 bits, (n_mats, out, in) row-major; qs / qz are unused 4-byte dummies.
+//   FORMAT 4 (f16), 5 (bf16): the same, two values per word (element 2m in the low half); exact values only.
 //   FORMAT 1 (nbit, docs/FORMAT.md "nbit": GPTQ / RTN / AGQ): qw holds the LSB-first code rows, (n_mats·out,
 //     row_bytes) bytes plus one slack word, so that a code straddling a word can read the next one; qs the f16
 //     scales and qz the u8 zeros, both (n_mats·out, n_groups). w = scale·(code − zero), with the f32 operations of
@@ -30,6 +31,11 @@ layout(std430, binding = QW_BINDING + 2) readonly buffer QZ { uint qz[]; };
 // W[r, j]. in_f: columns; out_rows: rows per matrix; row_bytes, n_groups, group: the packed layout (unused for f32).
 float qweight(uint r, uint j, uint in_f, uint out_rows, uint row_bytes, uint n_groups, uint group) {
     if (FORMAT == 0) return uintBitsToFloat(qw[r * in_f + j]);
+    if (FORMAT == 4) return F16_AT(qw, r * in_f + j);
+    if (FORMAT == 5) {
+        const uint i = r * in_f + j;
+        return uintBitsToFloat(((qw[i >> 1] >> ((i & 1u) * 16u)) & 0xffffu) << 16);
+    }
     if (FORMAT == 3) {
         const uint n_slots = 2u + 2u * BIN_SG, n_bg = 2u + BIN_SG, nb = in_f / group, b = j / group;
         const uint base = r * (2u * row_bytes + n_groups), wi = j >> 5, sh = j & 31u;

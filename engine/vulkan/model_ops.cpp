@@ -1,5 +1,6 @@
 #include "engine/vulkan/model_ops.h"
 
+#include "engine/core/dtype.h"
 #include "engine/core/error.h"
 #include "engine/cpu/binary_linear.h"
 #include "engine/cpu/nbit_linear.h"
@@ -236,7 +237,28 @@ QWeights QWeights::upload(Device& dev, const std::vector<const Linear*>& linears
             w.insert(w.end(), dq.begin(), dq.end());
         }
     }
-    q.w      = upload_words(dev, w);
+    // Half the bytes when no value changes: bf16 checkpoints are bf16-exact; f16 when that is exact instead.
+    auto narrow = [&](uint16_t (*to)(float), float (*back)(uint16_t)) {
+        std::vector<uint16_t> h(w.size());
+        for (size_t i = 0; i < w.size(); ++i) {
+            h[i] = to(w[i]);
+            const float b = back(h[i]);
+            if (std::memcmp(&b, &w[i], 4) != 0) return std::vector<uint16_t>{};
+        }
+        return h;
+    };
+    std::vector<uint16_t> h = narrow(f32_to_bf16, bf16_to_f32);
+    q.format                = WeightFormat::Bf16;
+    if (h.empty()) {
+        h        = narrow(f32_to_f16, f16_to_f32);
+        q.format = WeightFormat::F16;
+    }
+    if (h.empty()) {
+        q.format = WeightFormat::F32;
+        q.w      = upload_words(dev, w);
+    } else {
+        q.w = upload_words(dev, h);
+    }
     q.scales = dev.create_buffer(4);
     q.zeros  = dev.create_buffer(4);
     return q;

@@ -13,7 +13,9 @@
 namespace moebius::vk {
 
 // Weight formats a shader reads directly (shaders/qweight.glsl).
-enum class WeightFormat : uint32_t { F32 = 0, Nbit = 1, Vq = 2, Binary = 3 };
+// F16 / Bf16: dense weights that are exactly representable in that type (a bf16 checkpoint's weights are), stored at
+// half the bytes of F32 with the same values.
+enum class WeightFormat : uint32_t { F32 = 0, Nbit = 1, Vq = 2, Binary = 3, F16 = 4, Bf16 = 5 };
 
 // One or more linears of the same input width stacked by rows into one weight set: matrix m, row r is global row
 // m·out + r. Several linears stacked into one matrix (q | k | v) use n_mats = 1; the experts of a layer use one
@@ -42,8 +44,9 @@ struct QWeights {
 
     // Stacks `linears` (all of in_features `in`, Σ out_features = n_mats·out). All NbitLinear with one (bits, group)
     // → nbit; all VqLinear of `out` rows with one (dim, bits, G, R, scales) → vq; all BinaryLinear with one (block,
-    // salient groups, means, column scales) → binary; otherwise every weight is dequantized to f32 and, unless all
-    // were dense f32 already, `note` says why.
+    // salient groups, means, column scales) → binary; otherwise every weight is dequantized and, unless all were
+    // dense already, `note` says why. Dense (or dequantized) weights go up as bf16 when every value is bf16-exact,
+    // else f16 when f16-exact, else f32: the same numbers either way.
     static QWeights upload(Device& dev, const std::vector<const Linear*>& linears, int out);
 };
 

@@ -83,12 +83,13 @@ Runner::Runner(Device& dev, const Model& model, int n_ctx) : dev_(dev), spec_(mo
             G.shared_gated = L.shared_expert_gate != nullptr;
             if (G.shared_gated) router.push_back(L.shared_expert_gate.get());
             G.router = upload(router, (int)(s.n_expert + (G.shared_gated ? 1 : 0)), pre + "router");
-            // MoBiE's shared bases: the experts of a kind are CEJD on one side with one basis (cejd_linear.h).
+            // MoBiE's shared bases: the experts of a kind are CEJD on one side with one basis, named by its owner
+            // module (cejd_linear.h; a loaded checkpoint gives each expert its own copy of the owner's basis).
             auto shared = [&](int kind, bool input_side) -> const CejdLinear* {
                 const CejdLinear* first = nullptr;
                 for (const auto& e : L.experts) {
                     const auto* c = dynamic_cast<const CejdLinear*>(e[kind].get());
-                    if (!c || c->input_side() != input_side || (first && c->basis() != first->basis())) return nullptr;
+                    if (!c || c->input_side() != input_side || (first && c->owner() != first->owner())) return nullptr;
                     if (!first) first = c;
                 }
                 return first;

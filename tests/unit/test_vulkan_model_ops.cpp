@@ -93,7 +93,7 @@ TEST(VulkanModelOps, NbitAndF32LinearEveryMatrixWithEpilogues) {
         std::vector<std::unique_ptr<DenseLinear>> dense;
         for (auto& m : mats) dense.push_back(std::make_unique<DenseLinear>(in, out, m->dequantize()));
         vk::QWeights qf = vk::QWeights::upload(*dev, {dense[0].get(), dense[1].get(), dense[2].get()}, out);
-        EXPECT_EQ(qf.format, vk::WeightFormat::F32);
+        EXPECT_NE(qf.format, vk::WeightFormat::Nbit); // dense: f32, or f16 / bf16 where exact
         for (int n : {1, 3, 8, 17}) {
             auto       x  = randn((size_t)n * in, 100 + n);
             auto       xb = dev->upload_vector(x);
@@ -221,11 +221,39 @@ TEST(VulkanModelOps, VqLinearEveryMatrixAndExpertDispatch) {
     for (size_t i = 0; i < ref.size(); ++i) ASSERT_NEAR(gy[i], ref[i], 1e-4 * (1 + std::fabs(ref[i]))) << i;
 }
 
+TEST(VulkanModelOps, DenseWeightsGoUpAsBf16OrF16OnlyWhenExact) {
+    // Arbitrary f32 values stay f32; values rounded to bf16 (a bf16 checkpoint's) go up as bf16, values rounded to
+    // f16 but not bf16-exact as f16; in each case the linear computes what the CPU's DenseLinear computes.
+    VK_DEVICE_OR_SKIP(dev);
+    const int in = 70, out = 9, n = 3;
+    auto      x  = randn((size_t)n * in, 21);
+    auto      xb = dev->upload_vector(x);
+    for (auto [fmt, round] : {std::pair{vk::WeightFormat::F32, 0}, {vk::WeightFormat::Bf16, 1}, {vk::WeightFormat::F16, 2}}) {
+        auto w = randn((size_t)out * in, 22);
+        for (auto& v : w) {
+            if (round == 1) v = bf16_to_f32(f32_to_bf16(v));
+            if (round == 2) v = f16_to_f32(f32_to_f16(v));
+        }
+        DenseLinear d(in, out, w);
+        auto        q = vk::QWeights::upload(*dev, {&d}, out);
+        EXPECT_EQ(q.format, fmt) << round;
+        EXPECT_TRUE(q.note.empty());
+        EXPECT_EQ(q.w.size(), (size_t)out * in * (fmt == vk::WeightFormat::F32 ? 4 : 2));
+        std::vector<float> ref((size_t)n * out);
+        d.forward(x.data(), n, ref.data());
+        auto            y = dev->create_buffer(ref.size() * 4);
+        vk::CommandList cl(*dev);
+        vk::linear(*dev, cl, q, 0, xb, n, y);
+        cl.submit_and_wait();
+        expect_close(read_floats(*dev, y, ref.size()), ref, abs_scale(d, x, n), 2e-5, "format " + std::to_string(round));
+    }
+}
+
 TEST(VulkanModelOps, MixedFormatsAreDequantizedWithANote) {
     VK_DEVICE_OR_SKIP(dev);
     auto a = random_nbit(64, 5, 4, 32, 1), b = random_nbit(64, 5, 3, 32, 2);
     auto q = vk::QWeights::upload(*dev, {a.get(), b.get()}, 5);
-    EXPECT_EQ(q.format, vk::WeightFormat::F32);
+    EXPECT_NE(q.format, vk::WeightFormat::Nbit);
     EXPECT_NE(q.note.find("nbit"), std::string::npos) << q.note;
     auto x = randn(64, 3);
     std::vector<float> ref(5);
@@ -431,7 +459,7 @@ TEST(VulkanModelOps, ExpertDispatchEveryIdDuplicatesAndEmptyExperts) {
             dn.push_back(d[e].get());
         }
         auto qgu = vk::QWeights::upload(*dev, gu, F), qd = vk::QWeights::upload(*dev, dn, H);
-        ASSERT_EQ(qgu.format, quantized ? vk::WeightFormat::Nbit : vk::WeightFormat::F32);
+        ASSERT_EQ(qgu.format == vk::WeightFormat::Nbit, quantized);
         const int K = 3;
         for (int n = 1; n <= 8; ++n) {
             // Slots sorted by id per token; ids cycle through every expert, token 1 repeats one (duplicate), and
