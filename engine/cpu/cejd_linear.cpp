@@ -89,4 +89,15 @@ nlohmann::ordered_json CejdLinear::packed_config() const {
             {"basis", basis_->packed_config()}};
 }
 
+const CejdLinear* shared_basis_group(const std::vector<std::array<std::unique_ptr<Linear>, 3>>& experts, int kind,
+                                     bool input_side) {
+    const CejdLinear* first = nullptr;
+    for (const auto& ex : experts) {
+        const auto* c = dynamic_cast<const CejdLinear*>(ex[kind].get());
+        if (!c || c->input_side() != input_side || (first && c->owner() != first->owner())) return nullptr;
+        if (!first) first = c;
+    }
+    return first;
+}
+
 } // namespace moebius

@@ -8,8 +8,10 @@
 // outputs are summed with the router weights, B (Σ_e g_e C_e h_e) is applied once after the sum (Model::moe_ffn).
 // Every expert holds the basis, but the checkpoint stores it once, with the group's owner module (expert 0), which
 // alone counts it in storage_bytes().
+#include <array>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "engine/cpu/linear.h"
 
@@ -42,5 +44,10 @@ private:
     int                           rank_       = 0;
     std::string                   owner_;
 };
+
+// The first expert's CejdLinear when every expert's `kind` (0 gate, 1 up, 2 down) is CEJD on `input_side` with one
+// basis (the same owner module: a loaded checkpoint gives each expert its own copy of the owner's basis), else null.
+const CejdLinear* shared_basis_group(const std::vector<std::array<std::unique_ptr<Linear>, 3>>& experts, int kind,
+                                     bool input_side);
 
 } // namespace moebius

@@ -432,17 +432,8 @@ void Model::moe_ffn(int il, const float* hn, int n, const int* positions, const 
     // MoBiE's shared bases (cejd_linear.h), applied once per token instead of once per expert: gate/up's z = B x for
     // all tokens before the experts, down's B (Σ_e g_e C_e h_e) after the weighted sum. With statistics hooks the
     // per-expert down outputs must be complete, so down then takes the per-expert path (same values, other rounding).
-    auto shared_cejd = [&](int k, bool input_side) -> const CejdLinear* {
-        const CejdLinear* first = nullptr;
-        for (const auto& ex : L.experts) {
-            const auto* c = dynamic_cast<const CejdLinear*>(ex[k].get());
-            if (!c || c->input_side() != input_side || (first && c->owner() != first->owner())) return nullptr;
-            if (!first) first = c;
-        }
-        return first;
-    };
-    const CejdLinear*  cin[2] = {shared_cejd(0, true), shared_cejd(1, true)};
-    const CejdLinear*  cdown  = hooks && hooks->on_linear ? nullptr : shared_cejd(2, false);
+    const CejdLinear* cin[2] = {shared_basis_group(L.experts, 0, true), shared_basis_group(L.experts, 1, true)};
+    const CejdLinear* cdown  = hooks && hooks->on_linear ? nullptr : shared_basis_group(L.experts, 2, false);
     std::vector<float> zin[2]; // (n, r) per kind
     for (int k = 0; k < 2; ++k)
         if (cin[k]) {

@@ -83,18 +83,10 @@ Runner::Runner(Device& dev, const Model& model, int n_ctx) : dev_(dev), spec_(mo
             G.shared_gated = L.shared_expert_gate != nullptr;
             if (G.shared_gated) router.push_back(L.shared_expert_gate.get());
             G.router = upload(router, (int)(s.n_expert + (G.shared_gated ? 1 : 0)), pre + "router");
-            // MoBiE's shared bases: the experts of a kind are CEJD on one side with one basis, named by its owner
-            // module (cejd_linear.h; a loaded checkpoint gives each expert its own copy of the owner's basis).
-            auto shared = [&](int kind, bool input_side) -> const CejdLinear* {
-                const CejdLinear* first = nullptr;
-                for (const auto& e : L.experts) {
-                    const auto* c = dynamic_cast<const CejdLinear*>(e[kind].get());
-                    if (!c || c->input_side() != input_side || (first && c->owner() != first->owner())) return nullptr;
-                    if (!first) first = c;
-                }
-                return first;
-            };
-            const CejdLinear *cg = shared(0, true), *cu = shared(1, true), *cd = shared(2, false);
+            // MoBiE's shared bases (cejd_linear.h), as Model::moe_ffn finds them.
+            const CejdLinear* cg = shared_basis_group(L.experts, 0, true);
+            const CejdLinear* cu = shared_basis_group(L.experts, 1, true);
+            const CejdLinear* cd = shared_basis_group(L.experts, 2, false);
             const bool        in_side = cg && cu && cg->rank() == cu->rank();
             auto part = [](const Linear* l, bool use) { return use ? &static_cast<const CejdLinear*>(l)->residual() : l; };
             std::vector<const Linear*> gu, down;

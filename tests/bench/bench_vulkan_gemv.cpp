@@ -14,6 +14,7 @@
 #include "engine/cpu/vq_linear.h"
 #include "engine/vulkan/model_ops.h"
 #include "engine/vulkan/ops.h"
+#include "random_binary.h"
 
 #include <algorithm>
 #include <cmath>
@@ -52,24 +53,7 @@ std::unique_ptr<Linear> nbit(int out, int in, int bits, std::mt19937& rng) {
 
 // sg 1 + means: BiLLM; sg 2 + column scales: ARB-RC; sg 0: MoBiE's residual (~5 % salient columns otherwise).
 std::unique_ptr<Linear> binary(int out, int in, int sg, bool mean, bool cols, std::mt19937& rng) {
-    BinaryWeights w;
-    w.out = out, w.in = in, w.block = 128, w.salient_groups = sg, w.has_mean = mean, w.has_col_scale = cols;
-    w.salient.assign(in, 0);
-    if (sg > 0)
-        for (auto& s : w.salient) s = rng() % 20 == 0;
-    w.split.resize((size_t)out * in);
-    w.sign1.resize(w.split.size());
-    w.sign2.resize(w.split.size());
-    for (size_t i = 0; i < w.split.size(); ++i) {
-        w.split[i] = rng() % 2;
-        w.sign1[i] = rng() % 2 ? 1 : -1;
-        w.sign2[i] = rng() % 2 ? 1 : -1;
-    }
-    w.row_scale.resize((size_t)out * w.n_blocks() * w.n_slots());
-    for (auto& v : w.row_scale) v = std::ldexp((float)(rng() % 256 + 1), -14);
-    if (mean) w.row_mean.assign((size_t)out * w.n_blocks() * w.n_groups(), 0.f);
-    if (cols) w.col_scale.assign((size_t)in * w.n_slots(), 1.f);
-    return std::make_unique<BinaryLinear>(w);
+    return std::make_unique<BinaryLinear>(test::random_binary_weights(out, in, sg, mean, cols, rng, 20));
 }
 
 std::unique_ptr<Linear> vq(int out, int in, int bits, std::mt19937& rng) {

@@ -19,22 +19,28 @@ bool no_vulkan_expected() {
     return e && std::string(e) == "1";
 }
 
-} // namespace
-
-TEST(CliVulkan, GenerateMatchesCpuTokens) {
-    const std::string cmd = "generate --prompt 'In the beginning God' --max-tokens 12 --json";
-    CliRun            cpu = run_cli(cmd);
-    CliRun            gpu = run_cli(cmd + " --backend vulkan");
-    ASSERT_EQ(cpu.code, 0) << cpu.err;
-    ASSERT_EQ(gpu.code, 0) << gpu.err;
+// `cmd` on the CPU and with `--backend vulkan`: both succeed, and the second says it ran on the device (or, built
+// without Vulkan, why it did not). Returns the two JSON outputs.
+std::pair<json, json> on_both(const std::string& cmd, const std::string& what) {
+    CliRun cpu = run_cli(cmd);
+    CliRun gpu = run_cli(cmd + " --backend vulkan");
+    EXPECT_EQ(cpu.code, 0) << cpu.err;
+    EXPECT_EQ(gpu.code, 0) << gpu.err;
 #if MOEBIUS_HAS_VULKAN
-    if (!no_vulkan_expected()) {
-        EXPECT_NE(gpu.err.find("on Vulkan device"), std::string::npos) << gpu.err;
-    }
+    if (!no_vulkan_expected()) EXPECT_NE(gpu.err.find(what + " on Vulkan device"), std::string::npos) << gpu.err;
 #else
     EXPECT_NE(gpu.err.find("runs on the CPU"), std::string::npos) << gpu.err;
 #endif
-    EXPECT_EQ(json::parse(gpu.out)["tokens"], json::parse(cpu.out)["tokens"]);
+    if (cpu.code != 0 || gpu.code != 0) return {};
+    return {json::parse(cpu.out), json::parse(gpu.out)};
+}
+
+} // namespace
+
+TEST(CliVulkan, GenerateMatchesCpuTokens) {
+    auto [cpu, gpu] = on_both("generate --prompt 'In the beginning God' --max-tokens 12 --json", "generate");
+    ASSERT_FALSE(cpu.is_null());
+    EXPECT_EQ(gpu["tokens"], cpu["tokens"]);
 }
 
 TEST(CliVulkan, PerplexityMatchesCpu) {
@@ -48,19 +54,11 @@ TEST(CliVulkan, PerplexityMatchesCpu) {
 }
 
 TEST(CliVulkan, TasksMatchCpu) {
-    const std::string cmd = "tasks --limit 2 --json";
-    CliRun            cpu = run_cli(cmd);
-    CliRun            gpu = run_cli(cmd + " --backend vulkan");
-    ASSERT_EQ(cpu.code, 0) << cpu.err;
-    ASSERT_EQ(gpu.code, 0) << gpu.err;
-#if MOEBIUS_HAS_VULKAN
-    if (!no_vulkan_expected()) {
-        EXPECT_NE(gpu.err.find("tasks on Vulkan device"), std::string::npos) << gpu.err;
-    }
-#endif
-    EXPECT_EQ(json::parse(gpu.out)["n"], 2);
-    EXPECT_EQ(json::parse(gpu.out)["acc"], json::parse(cpu.out)["acc"]);
-    EXPECT_EQ(json::parse(gpu.out)["acc_norm"], json::parse(cpu.out)["acc_norm"]);
+    auto [cpu, gpu] = on_both("tasks --limit 2 --json", "tasks");
+    ASSERT_FALSE(cpu.is_null());
+    EXPECT_EQ(gpu["n"], 2);
+    EXPECT_EQ(gpu["acc"], cpu["acc"]);
+    EXPECT_EQ(gpu["acc_norm"], cpu["acc_norm"]);
 }
 
 TEST(CliVulkan, FallsBackToCpuWithTheReason) {

@@ -20,6 +20,7 @@
 #include "engine/cpu/vq_linear.h"
 #include "quantizer/calibration/calibration_data.h"
 #include "quantizer/pipeline.h"
+#include "random_binary.h"
 #include "test_util.h"
 #include "test_vulkan_util.h"
 
@@ -214,32 +215,8 @@ TEST(VulkanRunner, VqBinaryAndSharedBasisKernelsMatchCpu) {
         auto         m = Model::load(test::bundled_model());
         std::mt19937 rng(5);
         auto         bin = [&](const Linear& l, int sg, bool mean, bool cols) {
-            BinaryWeights w;
-            w.out = l.out_features(), w.in = l.in_features(), w.block = std::min(128, w.in);
-            w.salient_groups = sg, w.has_mean = mean, w.has_col_scale = cols;
-            w.salient.assign(w.in, 0);
-            if (sg > 0)
-                for (auto& s : w.salient) s = rng() % 10 == 0; // ~10 % salient columns
-            w.split.resize((size_t)w.out * w.in);
-            w.sign1.resize(w.split.size());
-            w.sign2.resize(w.split.size());
-            for (size_t i = 0; i < w.split.size(); ++i) {
-                w.split[i] = rng() % 2;
-                w.sign1[i] = rng() % 2 ? 1 : -1;
-                w.sign2[i] = rng() % 2 ? 1 : -1;
-            }
-            auto f16 = [&](int lo, int hi, int e) { return std::ldexp((float)(lo + (int)(rng() % (hi - lo))), e); };
-            w.row_scale.resize((size_t)w.out * w.n_blocks() * w.n_slots());
-            for (auto& v : w.row_scale) v = f16(16, 128, -11);
-            if (mean) {
-                w.row_mean.resize((size_t)w.out * w.n_blocks() * w.n_groups());
-                for (auto& v : w.row_mean) v = f16(-32, 32, -12);
-            }
-            if (cols) {
-                w.col_scale.resize((size_t)w.in * w.n_slots());
-                for (auto& v : w.col_scale) v = f16(256, 1024, -9);
-            }
-            return std::make_unique<BinaryLinear>(w);
+            return std::make_unique<BinaryLinear>(
+                test::random_binary_weights(l.out_features(), l.in_features(), sg, mean, cols, rng));
         };
         // MoBiE's layout in layers 2, 3: binary residuals plus a rank-4 basis per kind shared by the experts (input
         // side for gate / up, output side for down), the runner's shared-basis path.
