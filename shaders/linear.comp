@@ -27,9 +27,10 @@ layout(std430, binding = 1) buffer Y { float y[]; };                 // (n, out)
 layout(std430, binding = 2) readonly buffer Bias { float bias[]; };  // (out) or a dummy
 layout(std430, binding = 3) readonly buffer Add { float add_[]; };   // (n, out) or a dummy
 layout(std430, binding = 4) readonly buffer Gate { float gate[]; };  // (n, gate_stride) logits or a dummy
-#define QW_BINDING 5
-#include "qweight.glsl"
 layout(std430, binding = 8) readonly buffer NG { float ng[]; };      // (in) RMSNorm weight or a dummy
+#define QW_BINDING 5
+#define QW_X(xo, j) (NORM ? ng[j] * x[(xo) + (j)] : x[(xo) + (j)])
+#include "qweight.glsl"
 layout(push_constant) uniform P {
     uint n, in_f, out_f, row_bytes, n_groups, group, mat, gate_stride, gate_off;
     float eps;
@@ -47,6 +48,17 @@ void main() {
     const uint r   = p.mat * p.out_f + row;
     float acc[MAX_TOKENS], ss[MAX_TOKENS];
     for (uint t = 0; t < MAX_TOKENS; ++t) acc[t] = ss[t] = 0.0;
+    if (FORMAT == 3 && p.group % 32u == 0u) {
+        // Binary: a word of 32 columns per lane, the sum trick (qweight.glsl); Σx² for the norm in its own pass.
+        const uint words = (p.in_f + 31u) / 32u;
+        for (uint wi = lid; wi < words; wi += WG)
+            for (uint t = 0; t < MAX_TOKENS; ++t)
+                if (t < nt) acc[t] += qdot_binary_word(r, wi, (t0 + t) * p.in_f, p.in_f, p.row_bytes, p.n_groups, p.group);
+        if (NORM)
+            for (uint j = lid; j < p.in_f; j += WG)
+                for (uint t = 0; t < MAX_TOKENS; ++t)
+                    if (t < nt) ss[t] += x[(t0 + t) * p.in_f + j] * x[(t0 + t) * p.in_f + j];
+    } else
     for (uint j = lid; j < p.in_f; j += WG) {
         const float wv = qweight(r, j, p.in_f, p.out_f, p.row_bytes, p.n_groups, p.group);
         const float gj = NORM ? ng[j] : 1.0;

@@ -16,6 +16,7 @@ layout(std430, binding = 1) readonly buffer I { int ids[]; };   // (n, k)
 layout(std430, binding = 2) readonly buffer W { float w[]; };   // (n, k)
 layout(std430, binding = 3) buffer Y { float y[]; };            // (n, H)
 #define QW_BINDING 4
+#define QW_X(xo, j) h[(xo) + (j)]
 #include "qweight.glsl"
 layout(push_constant) uniform P { uint n, k, in_f, out_f, row_bytes, n_groups, group; } p;
 
@@ -29,8 +30,12 @@ void main() {
     for (uint j = 0; j < p.k; ++j) {
         const uint e = uint(ids[t * p.k + j]), r = e * p.out_f + d, hb = (t * p.k + j) * p.in_f;
         float      acc = 0.0;
-        for (uint i = lid; i < p.in_f; i += WG)
-            acc += qweight(r, i, p.in_f, p.out_f, p.row_bytes, p.n_groups, p.group) * h[hb + i];
+        if (FORMAT == 3 && p.group % 32u == 0u)
+            for (uint wi = lid; wi < (p.in_f + 31u) / 32u; wi += WG)
+                acc += qdot_binary_word(r, wi, hb, p.in_f, p.row_bytes, p.n_groups, p.group);
+        else
+            for (uint i = lid; i < p.in_f; i += WG)
+                acc += qweight(r, i, p.in_f, p.out_f, p.row_bytes, p.n_groups, p.group) * h[hb + i];
         red[lid] = acc;
         barrier();
         for (uint s = WG / 2; s > 0; s >>= 1) {

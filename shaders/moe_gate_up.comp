@@ -20,11 +20,12 @@ layout(local_size_x_id = 0) in;
 layout(std430, binding = 0) readonly buffer X { float x[]; };     // (n, H)
 layout(std430, binding = 1) readonly buffer I { int ids[]; };     // (n, k) or a dummy
 layout(std430, binding = 2) writeonly buffer Hb { float h[]; };   // (n·k, F)
+layout(std430, binding = 8) readonly buffer NG { float ng[]; };   // (H) RMSNorm weight or a dummy
 #define QW_BINDING 3
+#define QW_X(xo, j) (NORM ? ng[j] * x[(xo) + (j)] : x[(xo) + (j)])
 #include "qweight.glsl"
 layout(std430, binding = 6) readonly buffer Z { float z[]; };     // (n, 2r) or a dummy
 layout(std430, binding = 7) readonly buffer C { float coef[]; };  // (2·n_expert·F, r) or a dummy
-layout(std430, binding = 8) readonly buffer NG { float ng[]; };   // (H) RMSNorm weight or a dummy
 layout(push_constant) uniform P { uint n, k, in_f, ff, row_bytes, n_groups, group, rank; float eps; } p;
 
 shared float rg[WG], ru[WG], rs[WG];
@@ -36,6 +37,15 @@ void main() {
     const uint e   = USE_IDS ? uint(ids[t * p.k + j]) : j;
     const uint r0  = e * 2 * p.ff + f, r1 = r0 + p.ff;
     float g = 0.0, u = 0.0, ss = 0.0;
+    if (FORMAT == 3 && p.group % 32u == 0u) {
+        // Binary: a word of 32 columns per lane, the sum trick (qweight.glsl); Σx² for the norm in its own pass.
+        for (uint wi = lid; wi < (p.in_f + 31u) / 32u; wi += WG) {
+            g += qdot_binary_word(r0, wi, t * p.in_f, p.in_f, p.row_bytes, p.n_groups, p.group);
+            u += qdot_binary_word(r1, wi, t * p.in_f, p.in_f, p.row_bytes, p.n_groups, p.group);
+        }
+        if (NORM)
+            for (uint i = lid; i < p.in_f; i += WG) ss += x[t * p.in_f + i] * x[t * p.in_f + i];
+    } else
     for (uint i = lid; i < p.in_f; i += WG) {
         float xv = x[t * p.in_f + i];
         if (NORM) {

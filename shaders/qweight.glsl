@@ -15,8 +15,8 @@
 //     row_bytes words of split bits, row_bytes words of first signs, then n_groups words of second signs (salient
 //     columns in increasing order), all LSB-first as in the checkpoint; qs per row the f16 scales (n_blocks,
 //     n_slots), then with BIN_MEAN the f16 means (n_blocks, n_bgroups); qz per row one word: the offset of its
-//     linear's region in qz, which holds the salient rank of each column (int32, −1 if not salient) and then the f16
-//     column scales (in, n_slots). `group` is the column block. The weight is BinaryLinear's formula with its f32
+//     linear's region in qz, which holds the salient rank of each column (int32, −1 if not salient), the salient
+//     column bitmap (row_bytes words) and then the f16 column scales (in, n_slots). `group` is the column block. The weight is BinaryLinear's formula with its f32
 //     operations in its order (precise), so it is bit-identical to BinaryLinear::dequantize().
 // Several matrices (experts) live in one set: global row r = matrix·out + row.
 layout(constant_id = 10) const uint VQ_DIM = 1;
@@ -46,7 +46,7 @@ float qweight(uint r, uint j, uint in_f, uint out_rows, uint row_bytes, uint n_g
         const uint  g   = si >= 0 ? 2u + (BIN_SG == 2u ? sp : 0u) : sp;
         const uint  k0  = g < 2u ? g : 2u + 2u * (g - 2u);
         const uint  sb  = r * nb * (n_slots + (BIN_MEAN ? n_bg : 0u));
-        const uint  cb  = 2u * (lb + in_f) + j * n_slots;
+        const uint  cb  = 2u * (lb + in_f + row_bytes) + j * n_slots;
         const float m   = BIN_MEAN ? F16_AT(qs, sb + nb * n_slots + b * n_bg + g) : 0.0;
         precise float a0 = F16_AT(qs, sb + b * n_slots + k0);
         if (BIN_COLS) a0 *= F16_AT(qz, cb + k0);
@@ -81,3 +81,52 @@ float qweight(uint r, uint j, uint in_f, uint out_rows, uint row_bytes, uint n_g
     const float z    = float((qz[gi >> 2] >> ((gi & 3u) * 8u)) & 255u);
     return s * (float(code) - z);
 }
+
+// Σ_j W[r, j] · X(xo, j) over the 32 columns of bit-plane word wi, for FORMAT 3 with 32 | group (the word lies in one
+// column block): the sum trick of kernels.md §7.2. A non-salient weight is m_g + a_g·cs_g[j]·s_j with g its split
+// bit, so the word's dot is Σ_g m_g·Σ_{j∈g} x_j + a_g·Σ_{j∈g} cs_g[j]·s_j·x_j: four running sums selected by two
+// bits, the block's scales applied once. Salient columns (a bitmap word) take the full decode. Same value as
+// Σ qweight·x up to f32 rounding. The including shader defines QW_X(xo, j), the input element.
+#ifdef QW_X
+float qdot_binary_word(uint r, uint wi, uint xo, uint in_f, uint row_bytes, uint n_groups, uint group) {
+    const uint n_slots = 2u + 2u * BIN_SG, n_bg = 2u + BIN_SG, nb = in_f / group;
+    const uint j0 = wi * 32u, b = j0 / group;
+    const uint base = r * (2u * row_bytes + n_groups);
+    const uint sw = qw[base + wi], s1w = qw[base + row_bytes + wi];
+    const uint lb = qz[r];
+    const uint nv = min(32u, in_f - j0);
+    const uint live = nv == 32u ? 0xffffffffu : ((1u << nv) - 1u);
+    const uint mask = BIN_SG > 0u ? qz[lb + in_f + wi] : 0u;
+    const uint sb = r * nb * (n_slots + (BIN_MEAN ? n_bg : 0u));
+    float s0 = 0.0, s1 = 0.0, t0 = 0.0, t1 = 0.0;
+    uint  rest = live & ~mask;
+    while (rest != 0u) {
+        const uint  k  = uint(findLSB(rest));
+        rest &= rest - 1u;
+        const uint  j  = j0 + k;
+        const float xv = QW_X(xo, j);
+        const bool  g1 = ((sw >> k) & 1u) != 0u;
+        float       xs = ((s1w >> k) & 1u) != 0u ? xv : -xv;
+        if (BIN_COLS) {
+            const vec2 cs = unpackHalf2x16(qz[(2u * (lb + in_f + row_bytes) + j * n_slots) >> 1]); // slots 0, 1
+            xs *= g1 ? cs.y : cs.x;
+        }
+        if (g1) {
+            s1 += xv;
+            t1 += xs;
+        } else {
+            s0 += xv;
+            t0 += xs;
+        }
+    }
+    float acc = F16_AT(qs, sb + b * n_slots) * t0 + F16_AT(qs, sb + b * n_slots + 1u) * t1;
+    if (BIN_MEAN) acc += F16_AT(qs, sb + nb * n_slots + b * n_bg) * s0 + F16_AT(qs, sb + nb * n_slots + b * n_bg + 1u) * s1;
+    uint sal = live & mask;
+    while (sal != 0u) {
+        const uint k = uint(findLSB(sal));
+        sal &= sal - 1u;
+        acc += qweight(r, j0 + k, in_f, 0u, row_bytes, n_groups, group) * QW_X(xo, j0 + k);
+    }
+    return acc;
+}
+#endif

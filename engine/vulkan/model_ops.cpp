@@ -154,7 +154,8 @@ QWeights QWeights::upload(Device& dev, const std::vector<const Linear*>& linears
             const int     out = l->out_features(), nb = q.in / q.group, ng = bin0->n_groups();
             const int64_t rb = BinaryLinear::bit_bytes(q.in), rb2 = BinaryLinear::bit_bytes(
                                                                     static_cast<const BinaryLinear*>(l)->n_salient());
-            // Region: sal_idx (in) int32, then column scales (in, n_slots) f16, two per word.
+            // Region: sal_idx (in) int32, the salient bitmap (rw words), then column scales (in, n_slots) f16, two per
+            // word.
             const uint32_t base = (uint32_t)aux.size();
             for (int o = 0; o < out; ++o) {
                 uint8_t* row = (uint8_t*)(planes.data() + (r0 + o) * row_words);
@@ -168,11 +169,14 @@ QWeights QWeights::upload(Device& dev, const std::vector<const Linear*>& linears
                               b.row_means.begin() + (int64_t)(o + 1) * nb * ng);
                 aux[r0 + o] = base;
             }
-            int rank = 0;
+            int                   rank = 0;
+            std::vector<uint32_t> bitmap(rw, 0);
             for (int j = 0; j < q.in; ++j) {
                 const bool s = !b.salient.empty() && ((b.salient[j >> 3] >> (j & 7)) & 1);
                 aux.push_back(s ? (uint32_t)rank++ : 0xffffffffu);
+                if (s) bitmap[j >> 5] |= 1u << (j & 31);
             }
+            aux.insert(aux.end(), bitmap.begin(), bitmap.end());
             std::vector<uint16_t> cs = b.col_scales;
             cs.resize((size_t)q.in * n_slots + 1, 0); // even: whole words
             for (size_t i = 0; i + 1 < cs.size(); i += 2) aux.push_back(cs[i] | (uint32_t)cs[i + 1] << 16);
