@@ -25,7 +25,8 @@ const Command k_commands[] = {
      "           stream a completion"},
     {"ppl", moebius::cli::cmd_ppl, "ppl [MODEL] [--text FILE] [--seqlen N] [--backend cpu|vulkan [--device SEL]] [--json]     perplexity"},
     {"tasks", moebius::cli::cmd_tasks,
-     "tasks [MODEL] [--tasks FILE.jsonl] [--limit N] [--json]   zero-shot multiple-choice accuracy (acc, acc_norm)"},
+     "tasks [MODEL] [--tasks FILE.jsonl] [--limit N] [--backend cpu|vulkan [--device SEL]] [--json]\n"
+     "           zero-shot multiple-choice accuracy (acc, acc_norm)"},
     {"calibrate", moebius::cli::cmd_calibrate,
      "calibrate [MODEL] (--text FILE | --ebss | --calib SET.jsonl) [--samples N] [--seqlen L] [--seed S]\n"
      "           --out DIR [--force] [--json]   calibration set, expert utilisation, input statistics"},
@@ -41,8 +42,9 @@ const Command k_commands[] = {
     {"export", moebius::cli::cmd_export,
      "export QMODEL --dequantized OUT [--dtype bf16|f16|f32] [--max-shard-size MB] [--force]   plain HF checkpoint"},
     {"bench", moebius::cli::cmd_bench,
-     "bench [MODEL] [--prompt-tokens N] [--gen-tokens N] [--backend cpu|vulkan [--device SEL]] [--json]\n"
-     "           prefill / decode tokens per second (greedy), and dispatches per token on Vulkan"},
+     "bench [MODEL] [--prompt-tokens N] [--gen-tokens N] [--backend cpu|vulkan [--device SEL]] [--peak-gbps G]\n"
+     "           [--no-profile] [--json]   prefill / decode tokens per second (greedy); on Vulkan the dispatches per\n"
+     "           token and each kernel's device time, GB/s and share of the copy bandwidth (or of --peak-gbps)"},
     {"devices", moebius::cli::cmd_devices,
      "devices [--device INDEX|NAME] [--json]       Vulkan devices (type, driver, subgroup, limits, memory)"},
     {"importance", moebius::cli::cmd_importance,
