@@ -7,3 +7,6 @@ uint stream_bit(uint word, uint k) { return (word >> (k & 31u)) & 1u; }
 
 // Element i of an f16 array stored two per 32-bit word (element 2m in the low half).
 #define F16_AT(buf, i) (unpackHalf2x16(buf[(i) >> 1])[(i) & 1u])
+
+// Routing limits of the top-k selection (topk.glsl; the runner checks models against them).
+const uint MOE_MAX_K = 32, MOE_MAX_E = 1024;

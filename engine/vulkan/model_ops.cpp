@@ -355,6 +355,26 @@ void router_topk(Device& dev, CommandList& cl, const Buffer& logits, int n, int 
     cl.annotate((uint64_t)n * (stride + 2 * k) * 4);
 }
 
+void route(Device& dev, CommandList& cl, const Buffer& x, int n, const QWeights& router, const InputNorm& nm,
+           int n_expert, int k, bool renorm, Buffer& logits, Buffer& ids, Buffer& w) {
+    if (k > 32 || router.out > 1025 || k > n_expert || n_expert > router.out)
+        throw UnsupportedError("vulkan: routing supports up to 1024 experts and top-32 (model: " +
+                               std::to_string(n_expert) + " experts, top-" + std::to_string(k) + ")");
+    MOEBIUS_ASSERT(router.n_mats == 1);
+    struct {
+        uint32_t n, in, n_expert, k, stride, renorm, row_bytes, n_groups, group;
+        float    eps;
+    } pc{(uint32_t)n, (uint32_t)router.in, (uint32_t)n_expert, (uint32_t)k, (uint32_t)router.out, renorm ? 1u : 0u,
+         (uint32_t)router.row_bytes, (uint32_t)router.n_groups, (uint32_t)std::max(router.group, 1), nm.eps};
+    const auto& p = dev.pipeline("router", 8, sizeof pc,
+                                 with_weight_spec({row_wg(dev), (uint32_t)router.format,
+                                                   (uint32_t)std::max(router.bits, 1), nm.norm ? 1u : 0u},
+                                                  router));
+    const auto [gx, gy] = row_grid(n);
+    cl.dispatch(p, {x, logits, ids, w, or_dummy(dev, nm.norm), router.w, router.scales, router.zeros}, pc, gx, gy);
+    cl.annotate(router.matrix_bytes() + (uint64_t)n * (router.in + router.out + 2 * k) * 4);
+}
+
 void moe_gate_up(Device& dev, CommandList& cl, const Buffer& x, int n, const Buffer* ids, int k, const QWeights& gu,
                  Buffer& h, const LowRank& lr, const InputNorm& nm) {
     check_grid(dev, n, "expert gate/up");

@@ -98,6 +98,17 @@ void attention(Device& dev, CommandList& cl, const Buffer& q, const Buffer& kc, 
 void router_topk(Device& dev, CommandList& cl, const Buffer& logits, int n, int n_expert, int k, int stride,
                  bool renorm, Buffer& ids, Buffer& w);
 
+// x is the residual stream and the op applies to RMSNorm(x; norm, eps), as Epilogue::norm.
+struct InputNorm {
+    const Buffer* norm = nullptr; // (H)
+    float         eps  = 0;
+};
+
+// Routing in one dispatch: logits (n, stride) = RMSNorm(x; norm) · routerᵀ (norm optional; router (stride, H), the
+// experts' rows first, then e.g. a shared-expert gate row), then router_topk's selection into ids and w.
+void route(Device& dev, CommandList& cl, const Buffer& x, int n, const QWeights& router, const InputNorm& norm,
+           int n_expert, int k, bool renorm, Buffer& logits, Buffer& ids, Buffer& w);
+
 // h (n·k, F) = silu(x Wg[e]ᵀ) ⊙ (x Wu[e]ᵀ) for e = ids[t·k + j]; gu: gate and up stacked per expert
 // (QWeights with n_mats = 2·n_expert, out = F). ids == nullptr: slot j uses expert j (shared expert, dense FFN).
 // lowrank: MoBiE's input-side shared basis (gu then holds the residuals): g, u += C[e] · z[t] with z (n, 2r) =
@@ -106,11 +117,6 @@ struct LowRank {
     const Buffer* z    = nullptr;
     const Buffer* coef = nullptr;
     int           rank = 0;
-};
-// norm: x is the residual stream and gate / up apply to RMSNorm(x; norm, eps), as Epilogue::norm.
-struct InputNorm {
-    const Buffer* norm = nullptr; // (H)
-    float         eps  = 0;
 };
 void moe_gate_up(Device& dev, CommandList& cl, const Buffer& x, int n, const Buffer* ids, int k, const QWeights& gu,
                  Buffer& h, const LowRank& lowrank = {}, const InputNorm& norm = {});

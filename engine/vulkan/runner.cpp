@@ -233,9 +233,7 @@ void Runner::forward_chunk(const int32_t* tokens, int n, float* logits, bool log
         const InputNorm fn{&G.ffn_norm, eps};
         if (G.is_moe) {
             const int stride = E + (G.shared_gated ? 1 : 0);
-            linear(dev_, cl, G.router, 0, x_, n, rlogits_, {.norm = &G.ffn_norm, .eps = eps});
-            cl.label("router");
-            router_topk(dev_, cl, rlogits_, n, E, K, stride, s.norm_topk_prob, ids_, topw_);
+            route(dev_, cl, x_, n, G.router, fn, E, K, s.norm_topk_prob, rlogits_, ids_, topw_);
             LowRank lr;
             if (G.rank_gu) {
                 linear(dev_, cl, G.basis_gu, 0, x_, n, lz_, {.norm = &G.ffn_norm, .eps = eps});

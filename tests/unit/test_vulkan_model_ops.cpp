@@ -435,6 +435,47 @@ TEST(VulkanModelOps, RouterSoftmaxTopkRenorm) {
         }
 }
 
+TEST(VulkanModelOps, FusedRoutingMatchesNormRouterAndTopk) {
+    // route(): RMSNorm + router logits (with an extra gate row) + top-k in one dispatch, against cpu::rmsnorm, the
+    // router's own forward and the CPU selection; with the f32 and an nbit router.
+    VK_DEVICE_OR_SKIP(dev);
+    const int H = 70, E = 13, stride = 14, n = 5;
+    auto      x = randn((size_t)n * H, 31), g = randn(H, 32);
+    for (auto& v : g) v = 1.f + 0.25f * v;
+    std::vector<float> xn(x.size());
+    cpu::rmsnorm(x.data(), n, H, g.data(), 1e-6f, xn.data());
+    auto xb = dev->upload_vector(x), gb = dev->upload_vector(g);
+    for (bool quantized : {false, true}) {
+        std::unique_ptr<Linear> router;
+        if (quantized) router = random_nbit(H, stride, 4, 35, 33);
+        else router = std::make_unique<DenseLinear>(H, stride, randn((size_t)H * stride, 33, 0.3f));
+        auto               q = vk::QWeights::upload(*dev, {router.get()}, stride);
+        std::vector<float> ref((size_t)n * stride);
+        router->forward(xn.data(), n, ref.data());
+        for (int K : {1, 4})
+            for (bool renorm : {false, true}) {
+                auto lb = dev->create_buffer(ref.size() * 4), ib = dev->create_buffer((size_t)n * K * 4),
+                     wb = dev->create_buffer((size_t)n * K * 4);
+                vk::CommandList cl(*dev);
+                vk::route(*dev, cl, xb, n, q, {&gb, 1e-6f}, E, K, renorm, lb, ib, wb);
+                cl.submit_and_wait();
+                expect_close(read_floats(*dev, lb, ref.size()), ref, abs_scale(*router, xn, n), 2e-5, "logits");
+                std::vector<int32_t> gi((size_t)n * K);
+                dev->download(ib, gi.data(), gi.size() * 4);
+                auto gw = read_floats(*dev, wb, (size_t)n * K);
+                for (int t = 0; t < n; ++t) {
+                    std::vector<int>   ri;
+                    std::vector<float> rw;
+                    cpu_route(ref.data() + (size_t)t * stride, E, K, renorm, ri, rw);
+                    for (int j = 0; j < K; ++j) {
+                        ASSERT_EQ(gi[(size_t)t * K + j], ri[j]) << "K " << K << " token " << t << " slot " << j;
+                        ASSERT_NEAR(gw[(size_t)t * K + j], rw[j], 1e-4 * rw[j] + 1e-7) << "K " << K << " token " << t;
+                    }
+                }
+            }
+    }
+}
+
 TEST(VulkanModelOps, ExpertDispatchEveryIdDuplicatesAndEmptyExperts) {
     VK_DEVICE_OR_SKIP(dev);
     const int H = 45, F = 19, E = 5;
