@@ -14,6 +14,7 @@
 #include "quantizer/methods/uniform_quant.h"
 
 #include <chrono>
+#include <functional>
 #include <map>
 
 namespace moebius::quant {
@@ -38,6 +39,10 @@ void validate_options(const QuantizeOptions& o, const ModelSpec& spec) {
             throw InputError("--rank must be in 1..4096 for mobie, got " + std::to_string(o.mobie_rank));
         if (o.nges_weight < 0) throw InputError("--nges-weight must not be negative");
     }
+    if (!(o.fp_ridge >= 0)) throw InputError("--fp-ridge must not be negative");
+    if (o.fp_target_any && (o.method == "rtn" || o.method == "mobie"))
+        throw InputError("--fp-target is for the other calibrated methods (rtn has no calibration; mobie uses FP-stream "
+                         "targets unless --no-fp-target)");
     const bool vq = o.method == "gptvq" || o.method == "kbvq";
     if (o.method == "kbvq" && (o.kbvq_rank < 0 || o.kbvq_rank > 4096))
         throw InputError("--rank must be in 0..4096, got " + std::to_string(o.kbvq_rank));
@@ -235,7 +240,8 @@ nlohmann::ordered_json fingerprint(const Model& model, const CalibrationSet& cal
             {"vq_dim", opt.vq_dim},
             {"vq_group_size", opt.vq_group_size},
             {"kbvq", {opt.kbvq_rank, opt.idre, opt.bcos, opt.bcos_bias, opt.bcos_gamma}},
-            {"mobie", {opt.mobie_core, opt.mobie_rank, opt.cejd, opt.cejd_refit, opt.cejd_all, opt.glas, opt.nges, opt.nges_weight}},
+            {"mobie", {opt.mobie_core, opt.mobie_rank, opt.cejd, opt.cejd_refit, opt.cejd_all, opt.glas, opt.nges, opt.nges_weight,
+                       opt.fp_target, opt.fp_target_experts, opt.fp_ridge, opt.fp_target_any}},
             {"sym", opt.sym},
             {"act_order", opt.act_order},
             {"damp", opt.damp},
@@ -248,9 +254,23 @@ nlohmann::ordered_json fingerprint(const Model& model, const CalibrationSet& cal
             {"calibration_hash", std::to_string(calibration_hash(calib.samples))}};
 }
 
+// MoBiE's FP-stream targets: the linears with cross moments in C (FpStream) on the current layer are replaced by W̃
+// (mobie.h), with H their quantized-stream Σ x̂ x̂ᵀ (nullptr: leave the linear as it is).
+void retarget(Model& model, int il, const FpStream::Moments& C, const QuantizeOptions& opt,
+              const std::function<const std::vector<double>*(LinearKind, int)>& H) {
+    for (const auto& [key, c] : C) {
+        const std::vector<double>* h = H(key.first, key.second);
+        if (!h) continue;
+        auto&     slot = model.layer(il).slot(key.first, key.second);
+        const int in = slot->in_features(), out = slot->out_features();
+        slot = std::make_unique<DenseLinear>(in, out, fp_target_weight(slot->dequantize(), out, in, *h, c, opt.fp_ridge));
+    }
+}
+
 // The calibrated methods' work on the runner's current layer (GPTQ order: attention, router, FFN in, FFN mid).
 void quantize_layer_calibrated(LayerwiseRunner& run, LayerQuantizer& lq, const QuantizeOptions& opt,
-                               QuantizeReport& rep, const GradientStats* grads, const ProgressFn& progress) {
+                               QuantizeReport& rep, const GradientStats* grads, const ProgressFn& progress,
+                               FpStream* fps) {
     Model&      model = run.model();
     const auto& spec  = model.spec();
     const int   L     = spec.n_layer;
@@ -275,10 +295,16 @@ void quantize_layer_calibrated(LayerwiseRunner& run, LayerQuantizer& lq, const Q
     if (opt.quantize_attention) {
         CaptureOptions c;
         c.ffn = c.experts = false;
-        LayerStats st = run.capture(c, sub(0.0, 0.1, "attention inputs"));
+        const bool fq = fps && opt.fp_target;
+        Hooks      xh;
+        if (fq) xh = fps->cross_hooks({LinearKind::Q, LinearKind::K, LinearKind::V});
+        LayerStats st = run.capture(c, sub(0.0, 0.1, "attention inputs"), fq ? &xh : nullptr);
+        if (fq) retarget(model, il, fps->take(), opt, [&](LinearKind, int) { return &st.attn_in.H; });
         for (LinearKind k : {LinearKind::Q, LinearKind::K, LinearKind::V})
             lq.quantize(Ly.slot(k), spec.linear_name(il, k), il, -1, st.attn_in.n_tokens, &st.attn_in.H);
-        st = run.capture(c, sub(0.1, 0.2, "attention output"));
+        if (fq) xh = fps->cross_hooks({LinearKind::O});
+        st = run.capture(c, sub(0.1, 0.2, "attention output"), fq ? &xh : nullptr);
+        if (fq) retarget(model, il, fps->take(), opt, [&](LinearKind, int) { return &st.attn_out.H; });
         lq.quantize(Ly.o, spec.linear_name(il, LinearKind::O), il, -1, st.attn_out.n_tokens, &st.attn_out.H);
     }
     if (opt.quantize_router) {
@@ -293,8 +319,27 @@ void quantize_layer_calibrated(LayerwiseRunner& run, LayerQuantizer& lq, const Q
     c.attention        = false;
     c.affinity         = agq;
     c.ffn_intermediate = false;
-    LayerStats st = run.capture(c, sub(0.3, 0.6, "FFN inputs"));
+    // FP-stream targets (mobie.h): the kinds whose cross moments this pass also collects.
+    std::vector<LinearKind> xk;
+    if (fps && Ly.is_moe) {
+        if (opt.fp_target_experts) xk = {LinearKind::ExpertGate, LinearKind::ExpertUp};
+        if (opt.fp_target && Ly.shared_gate) xk.insert(xk.end(), {LinearKind::SharedGate, LinearKind::SharedUp});
+    } else if (fps && opt.fp_target) {
+        xk = {LinearKind::DenseGate, LinearKind::DenseUp};
+    }
+    Hooks xh;
+    if (!xk.empty()) xh = fps->cross_hooks(xk);
+    LayerStats st = run.capture(c, sub(0.3, 0.6, "FFN inputs"), xk.empty() ? nullptr : &xh);
     auto hessian = [&](const InputStats& s) -> const std::vector<double>& { return agq && s.affinity ? s.H_aff : s.H; };
+    // Experts with too few tokens for a cross moment keep their weights (their Hessian is regularised below).
+    auto fp_H = [&](const std::vector<InputStats>& ex, const InputStats* shared) {
+        return [&opt, ex = &ex, shared](LinearKind, int e) -> const std::vector<double>* {
+            if (e < 0) return opt.fp_target && shared ? &shared->H : nullptr;
+            const InputStats& s = (*ex)[e];
+            return s.n_tokens >= std::max(opt.min_expert_tokens, s.dim) ? &s.H : nullptr;
+        };
+    };
+    if (!xk.empty()) retarget(model, il, fps->take(), opt, fp_H(st.expert_in, &st.ffn_in));
     // KBVQ quantizes a layer's routed experts of one kind jointly and keeps their FP weights for BCOS.
     std::unique_ptr<KbvqLayer> kbvq;
     if (opt.method == "kbvq" && Ly.is_moe) kbvq = std::make_unique<KbvqLayer>(model, il, opt);
@@ -339,7 +384,16 @@ void quantize_layer_calibrated(LayerwiseRunner& run, LayerQuantizer& lq, const Q
     // Down projections see the outputs of the quantized gate/up.
     c.ffn_inputs       = false;
     c.ffn_intermediate = true;
-    st = run.capture(c, sub(0.7, 0.9, "FFN intermediate"));
+    xk.clear();
+    if (fps && Ly.is_moe) {
+        if (opt.fp_target_experts) xk = {LinearKind::ExpertDown};
+        if (opt.fp_target && Ly.shared_down) xk.push_back(LinearKind::SharedDown);
+    } else if (fps && opt.fp_target) {
+        xk = {LinearKind::DenseDown};
+    }
+    if (!xk.empty()) xh = fps->cross_hooks(xk);
+    st = run.capture(c, sub(0.7, 0.9, "FFN intermediate"), xk.empty() ? nullptr : &xh);
+    if (!xk.empty()) retarget(model, il, fps->take(), opt, fp_H(st.expert_mid, Ly.is_moe ? &st.shared_mid : &st.dense_mid));
     if (Ly.is_moe) {
         std::vector<std::vector<double>>        Hreg(spec.n_expert);
         std::vector<const std::vector<double>*> Hs(spec.n_expert);
@@ -397,6 +451,9 @@ QuantizeReport quantize_model(Model& model, const CalibrationSet& calib, const Q
     }
     std::unique_ptr<LayerwiseRunner> run;
     if (!rtn) run = std::make_unique<LayerwiseRunner>(model, calib);
+    std::unique_ptr<FpStream> fps;
+    if ((opt.method == "mobie" || opt.fp_target_any) && (opt.fp_target || opt.fp_target_experts) && resumed < L)
+        fps = std::make_unique<FpStream>(spec, calib);
     for (int il = 0; il < L; ++il) {
         model.load_layer(il);
         if (il < resumed) {
@@ -404,6 +461,7 @@ QuantizeReport quantize_model(Model& model, const CalibrationSet& calib, const Q
             report_progress(progress, (double)il / L, "layer " + std::to_string(il + 1) + "/" + std::to_string(L) + ": restored");
             saved->restore(model, il, rep);
             if (run) run->advance();
+            if (fps) fps->skip();
             continue;
         }
         if (rtn) {
@@ -412,7 +470,8 @@ QuantizeReport quantize_model(Model& model, const CalibrationSet& calib, const Q
                 if (selected(kind, opt)) lq.quantize(slot, spec.linear_name(il, kind, e), il, e, 0, nullptr);
             });
         } else {
-            quantize_layer_calibrated(*run, lq, opt, rep, grads.get(), progress);
+            if (fps) fps->capture();
+            quantize_layer_calibrated(*run, lq, opt, rep, grads.get(), progress, fps.get());
             run->advance(nullptr, [&](const Progress& p) {
                 report_progress(progress, (il + 0.9 + 0.1 * p.fraction) / L,
                                 "layer " + std::to_string(il + 1) + "/" + std::to_string(L) + ": propagating");

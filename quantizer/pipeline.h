@@ -33,7 +33,8 @@ struct QuantizeOptions {
     bool        bcos_gamma = true; // false: β only (γ = 1)
     // mobie (methods.md §1, quantizer/methods/mobie.h): the binarizer core for every linear (billm | arb | arb-x |
     // arb-rc), GLAS row weights, and for routed experts CEJD (rank-mobie_rank shared bases, 8-bit coefficients refit
-    // after binarizing the residual) with NGES's router-aware output metric for down (weight nges_weight).
+    // after binarizing the residual) with NGES's router-aware output metric for down (weight nges_weight), and
+    // FP-stream targets (below).
     std::string mobie_core  = "arb-rc";
     int         mobie_rank  = 16;
     bool        cejd        = true;
@@ -42,6 +43,15 @@ struct QuantizeOptions {
     bool        glas        = true;
     bool        nges        = true;
     double      nges_weight = 1.0;
+    // FP-stream targets (mobie.h FpStream): the linears outside the routed experts (fp_target) and optionally the
+    // routed experts (fp_target_experts; measured worse) are fitted to the FP model's outputs on the FP stream from
+    // their quantized-stream inputs, with ridge fp_ridge · mean diag H.
+    bool        fp_target         = true;
+    bool        fp_target_experts = false;
+    double      fp_ridge          = 0.1;
+    // The same FP-stream targets (fp_target, fp_target_experts, fp_ridge) with any other calibrated method: they are
+    // not specific to MoBiE, so its baselines can be measured with them too (off by default: the methods as published).
+    bool        fp_target_any     = false;
     bool        sym    = false;
     bool        act_order = false;
     double      damp   = 0.01;

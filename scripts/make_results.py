@@ -59,13 +59,17 @@ CONFIGS = [
     ("BiLLM", ["--method", "billm"], "random"),
     ("ARB-X", ["--method", "arb-x"], "random"),
     ("ARB-RC", ["--method", "arb-rc"], "random"),
+    # MoBiE's FP-stream targets on its baseline core: what they give without CEJD, GLAS and NGES.
+    ("ARB-RC with FP-stream targets", ["--method", "arb-rc", "--fp-target"], "random"),
     # MoBiE: ARB-RC's binarizer core; routed experts get CEJD (rank 16, residual without salient columns), GLAS
-    # and NGES. Each ablation removes one component (the refit is CEJD's coefficient update after binarization).
+    # and NGES; the other linears are fitted to FP-stream targets. Each ablation removes one component (the refit is
+    # CEJD's coefficient update after binarization).
     ("MoBiE", ["--method", "mobie"], "random"),
     ("MoBiE without CEJD", ["--method", "mobie", "--no-cejd"], "random"),
     ("MoBiE without CEJD's refit", ["--method", "mobie", "--no-refit"], "random"),
     ("MoBiE without GLAS", ["--method", "mobie", "--no-glas"], "random"),
     ("MoBiE without NGES", ["--method", "mobie", "--no-nges"], "random"),
+    ("MoBiE without FP-stream targets", ["--method", "mobie", "--no-fp-target"], "random"),
 ]
 
 

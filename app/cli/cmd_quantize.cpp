@@ -43,9 +43,10 @@ std::string module_group(const std::string& name) {
 
 int cmd_quantize(const Argv& argv) {
     Args args(argv, {"json", "ebss", "force", "sym", "act-order", "quantize-router", "no-attention", "resume", "no-idre",
-                     "no-bcos", "no-bcos-bias", "no-bcos-gamma", "no-cejd", "no-glas", "no-nges", "no-refit", "cejd-all"},
+                     "no-bcos", "no-bcos-bias", "no-bcos-gamma", "no-cejd", "no-glas", "no-nges", "no-refit", "cejd-all",
+                     "no-fp-target", "fp-target-experts", "fp-target"},
               {"method", "bits", "group", "calib", "text", "samples", "seqlen", "seed", "out", "threads", "damp",
-               "beam", "tau", "max-shard-size", "vq-dim", "vq-group-size", "rank", "core", "nges-weight"});
+               "beam", "tau", "max-shard-size", "vq-dim", "vq-group-size", "rank", "core", "nges-weight", "fp-ridge"});
     apply_threads(args);
     auto dir = model_arg(args);
     auto out = args.get("out");
@@ -69,6 +70,10 @@ int cmd_quantize(const Argv& argv) {
     opt.glas               = !args.flag("no-glas");
     opt.nges               = !args.flag("no-nges");
     opt.nges_weight        = args.get_double("nges-weight", 1.0, 0, 1e6);
+    opt.fp_target          = !args.flag("no-fp-target");
+    opt.fp_target_any      = args.flag("fp-target");
+    opt.fp_target_experts  = args.flag("fp-target-experts");
+    opt.fp_ridge           = args.get_double("fp-ridge", 0.1, 0, 1e6);
     opt.sym                = args.flag("sym");
     opt.act_order          = args.flag("act-order");
     opt.damp               = args.get_double("damp", 0.01, 0, 10);

@@ -57,7 +57,7 @@ void LayerwiseRunner::run(const Hooks& hooks, const ProgressFn& progress) {
     }
 }
 
-LayerStats LayerwiseRunner::capture(const CaptureOptions& opt, const ProgressFn& progress) {
+LayerStats LayerwiseRunner::capture(const CaptureOptions& opt, const ProgressFn& progress, const Hooks* also) {
     const ModelSpec&    spec = model_.spec();
     const LayerWeights& L    = model_.layer(layer_);
     const int           H = spec.n_embd, qd = spec.n_head * spec.head_dim;
@@ -126,7 +126,12 @@ LayerStats LayerwiseRunner::capture(const CaptureOptions& opt, const ProgressFn&
             break;
         default: break;
         }
+        if (also && also->on_linear) also->on_linear(e);
     };
+    if (also) {
+        hooks.on_router = also->on_router;
+        hooks.on_layer  = also->on_layer;
+    }
     run(hooks, progress);
     return st;
 }

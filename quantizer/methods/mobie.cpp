@@ -4,6 +4,7 @@
 #include "engine/cpu/binary_linear.h"
 #include "engine/cpu/cejd_linear.h"
 #include "engine/cpu/nbit_linear.h"
+#include "engine/cpu/ops.h"
 #include "quantizer/methods/binarize.h"
 #include "quantizer/methods/cejd.h"
 #include "quantizer/methods/uniform_quant.h"
@@ -149,6 +150,122 @@ std::unique_ptr<Linear> mobie_single(const std::vector<float>& W, int out, int i
     }
     std::shared_ptr<const Linear> basis = input ? int8_linear(B, rank, in) : int8_linear(B, out, rank);
     return decompose(W, out, in, H, basis, input, M, opt, nullptr, name, true, mr);
+}
+
+std::vector<float> fp_target_weight(const std::vector<float>& W, int out, int in, const std::vector<double>& H,
+                                    const std::vector<double>& C, double ridge) {
+    using Mat  = Eigen::MatrixXd;
+    using RMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    Mat Hm = Eigen::Map<const Mat>(H.data(), in, in); // symmetric: the layout does not matter
+    const RMat Cm = Eigen::Map<const RMat>(C.data(), in, in);
+    using RMatF   = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    const RMat Wm = Eigen::Map<const RMatF>(W.data(), out, in).cast<double>();
+    const RMat D    = Cm - RMat(Hm);
+    const double mean = Hm.diagonal().mean();
+    if (!(mean > 0)) return W;
+    Hm.diagonal().array() += ridge * mean;
+    // W̃ − W = W D (H + λI)⁻¹ = ((H + λI)⁻¹ Dᵀ Wᵀ)ᵀ
+    const RMat corr = Hm.ldlt().solve(D.transpose() * Wm.transpose()).transpose();
+    std::vector<float> r(W.size());
+    for (size_t i = 0; i < r.size(); ++i) r[i] = (float)(Wm.data()[i] + corr.data()[i]);
+    return r;
+}
+
+FpStream::FpStream(const ModelSpec& spec, const CalibrationSet& calib) {
+    LoadOptions lo;
+    lo.lazy_layers = true;
+    model_ = Model::load(spec.dir, {}, lo);
+    run_   = std::make_unique<LayerwiseRunner>(*model_, calib);
+}
+
+void FpStream::capture() {
+    const int l = run_->current_layer();
+    if (l > 0) model_->release_layer(l - 1);
+    in_.clear();
+    int   sample = 0;
+    Hooks h;
+    h.on_linear = [&](const LinearEvent& e) {
+        // One copy per distinct input (k/v read q's, the experts and the shared gate/up the router's).
+        switch (e.kind) {
+        case LinearKind::Q: case LinearKind::O: case LinearKind::Router: case LinearKind::SharedDown:
+        case LinearKind::DenseGate: case LinearKind::DenseDown: break;
+        default: return;
+        }
+        auto& v = in_[e.kind];
+        if ((int)v.size() <= sample) v.resize(sample + 1);
+        v[sample].assign(e.x, e.x + (size_t)e.n * e.in);
+    };
+    h.on_layer = [&](const LayerEvent&) { ++sample; };
+    run_->advance(&h); // the recording pass is also the one that moves the FP stream on
+    layer_ = l;
+}
+
+void FpStream::skip() {
+    const int l = run_->current_layer();
+    if (l > 0) model_->release_layer(l - 1);
+    run_->advance();
+}
+
+Hooks FpStream::cross_hooks(const std::vector<LinearKind>& kinds) {
+    using RowMatF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    MOEBIUS_ASSERT(layer_ >= 0);
+    kinds_  = kinds;
+    sample_ = 0;
+    C_.clear();
+    auto add = [this](LinearKind k, int e, const float* xf, const float* xq, int m, int in) {
+        auto& c = C_[{k, e}];
+        if (c.empty()) c.assign((size_t)in * in, 0.0);
+        RowMatF G = Eigen::Map<const RowMatF>(xf, m, in).transpose() * Eigen::Map<const RowMatF>(xq, m, in);
+        for (size_t i = 0; i < c.size(); ++i) c[i] += G.data()[i];
+    };
+    // The FP input of a non-expert kind (the experts' gate/up read the router's input).
+    auto fp_of = [this](LinearKind k) -> const std::vector<std::vector<float>>* {
+        switch (k) {
+        case LinearKind::K: case LinearKind::V: k = LinearKind::Q; break;
+        case LinearKind::ExpertGate: case LinearKind::ExpertUp: case LinearKind::ExpertDown:
+        case LinearKind::SharedGate: case LinearKind::SharedUp: case LinearKind::SharedExpertGate:
+            k = LinearKind::Router;
+            break;
+        case LinearKind::DenseUp: k = LinearKind::DenseGate; break;
+        default: break;
+        }
+        auto it = in_.find(k);
+        return it == in_.end() ? nullptr : &it->second;
+    };
+    Hooks h;
+    h.on_linear = [this, add, fp_of](const LinearEvent& e) {
+        if (std::find(kinds_.begin(), kinds_.end(), e.kind) == kinds_.end()) return;
+        const auto* f = fp_of(e.kind);
+        if (!f || (int)f->size() <= sample_) return;
+        const std::vector<float>& xs = (*f)[sample_];
+        if (e.expert < 0) {
+            add(e.kind, -1, xs.data(), e.x, e.n, e.in);
+            return;
+        }
+        const int          D = model_->spec().n_embd;
+        std::vector<float> xf((size_t)e.n * D);
+        for (int r = 0; r < e.n; ++r)
+            std::copy_n(xs.data() + (size_t)e.token_index[r] * D, D, xf.data() + (size_t)r * D);
+        if (e.kind != LinearKind::ExpertDown) {
+            add(e.kind, e.expert, xf.data(), e.x, e.n, e.in);
+            return;
+        }
+        // Down: the FP expert's intermediate on the FP FFN input of the same tokens.
+        const auto&        ex = model_->layer(layer_).experts[e.expert];
+        std::vector<float> g((size_t)e.n * e.in), u((size_t)e.n * e.in), hf((size_t)e.n * e.in);
+        ex[0]->forward(xf.data(), e.n, g.data());
+        ex[1]->forward(xf.data(), e.n, u.data());
+        cpu::silu_mul(g.data(), u.data(), e.n, e.in, hf.data());
+        add(e.kind, e.expert, hf.data(), e.x, e.n, e.in);
+    };
+    h.on_layer = [this](const LayerEvent&) { ++sample_; };
+    return h;
+}
+
+FpStream::Moments FpStream::take() {
+    Moments c = std::move(C_);
+    C_.clear();
+    return c;
 }
 
 MobieLayer::MobieLayer(Model& model, int layer, const QuantizeOptions& opt, const GradientStats* grads)

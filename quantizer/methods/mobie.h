@@ -1,20 +1,24 @@
 #pragma once
-// MoBiE (methods.md §1): binarized MoE experts, built from three switchable parts on the shared binarizer core
+// MoBiE (methods.md §1): binarized MoE experts, built from four switchable parts on the shared binarizer core
 // (binarize.h):
 //  - CEJD: per layer and routed-expert kind a rank-r basis shared by the experts (cejd.h; input side for gate/up,
 //    output side for down), 8-bit coefficients per expert, the residual binarized with the expert's Hessian and the
 //    coefficients refit to what the binarized residual missed.
 //  - GLAS: per output channel the mean squared gradient of the end-to-end loss, ḡ_i = E[(∂ℓ/∂z_i)²], from one
 //    backward pass of the FP model on the calibration set (importance.h). It weights the rows of the binarizer's
-//    saliency (salient-column choice and split) for every linear, and the rows of CEJD's basis objective.
+//    saliency (salient-column choice and split) for the routed experts (the other linears measured better without),
+//    and the rows of CEJD's basis objective.
+//  - FP-stream targets (FpStream below) for the linears outside the routed experts.
 //  - NGES: the down projections' error is kept out of the directions the next layer's router reads. The output
 //    metric M = D + ν · (out / ‖R̃‖²_F) · R̃ᵀR̃, R̃ = W_router(l+1) · diag(ffn_norm(l+1)), shapes the shared output
 //    basis of down, so the basis spans the router's directions and the refit coefficients absorb the binarization
 //    error there: what is left lies (to 8-bit rounding) in the router's null space.
 #include "engine/cpu/model.h"
+#include "quantizer/calibration/capture.h"
 #include "quantizer/calibration/importance.h"
 #include "quantizer/pipeline.h"
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -41,6 +45,46 @@ std::unique_ptr<Linear> decompose(const std::vector<float>& W, int out, int in, 
 std::unique_ptr<Linear> mobie_single(const std::vector<float>& W, int out, int in, const std::vector<double>& H,
                                      int64_t tokens, bool input, const std::vector<double>& M,
                                      const QuantizeOptions& opt, const std::string& name, ModuleReport& mr);
+
+// FP-stream targets (MoBiE's calibration, `--no-fp-target` turns it off): a linear is fitted to the FP model's output
+// on the FP stream, W x_fp, from its inputs on the quantized stream x̂, i.e. min Σ_t ‖W x_fp(t) − Ŵ x̂(t)‖² instead of
+// the usual Σ_t ‖W x̂(t) − Ŵ x̂(t)‖². With H = Σ x̂ x̂ᵀ and C = Σ x_fp x̂ᵀ this equals ‖(W̃ − Ŵ) X̂‖² + const for
+// W̃ = W + W (C − H)(H + λI)⁻¹ (λ = ridge · mean diag H; λ → ∞ gives W back), so any quantizer of W with H runs
+// unchanged on W̃, and each linear undoes part of the error already in its inputs instead of passing it on. Why: on
+// the bundled model the binarized attention / shared expert dominate the model's error, and CEJD's better experts
+// only pay off once that context error shrinks (docs/RESULTS.md, MoBiE). Routed experts are left out by default:
+// retargeting them measured worse.
+std::vector<float> fp_target_weight(const std::vector<float>& W, int out, int in, const std::vector<double>& H,
+                                    const std::vector<double>& C, double ridge);
+
+// The FP model's stream beside the quantizer's: a second, lazily loaded copy of the model run layer by layer on the
+// same calibration set, and the cross moments C = Σ x_fp x̂ᵀ of the current layer's linears. Routed experts pair each
+// token the quantized router sends to expert e with the FP inputs of e on that token (gate/up: the FP FFN input; down:
+// the FP expert's silu(g) ⊙ u on it), whether or not the FP router picks e.
+class FpStream {
+public:
+    using Moments = std::map<std::pair<LinearKind, int>, std::vector<double>>; // (kind, expert or -1) → (in, in)
+    FpStream(const ModelSpec& spec, const CalibrationSet& calib);
+    // Runs the FP model's next layer on its stream, recording the inputs of its linears: once per quantized layer,
+    // before that layer's cross_hooks.
+    void capture();
+    // Moves the FP stream past a layer without recording (layers restored by a resumed run).
+    void skip();
+    // Hooks for the quantizer's pass over the same layer (LayerwiseRunner::capture's `also`): they accumulate
+    // Σ x_fp x̂ᵀ for the linears of `kinds`; take() hands the sums over.
+    Hooks   cross_hooks(const std::vector<LinearKind>& kinds);
+    Moments take();
+
+private:
+    std::unique_ptr<Model>           model_;
+    std::unique_ptr<LayerwiseRunner> run_;
+    int                              layer_ = -1; // the FP layer in_ belongs to (kept loaded for the experts)
+    // [kind] [sample] (seqlen, in): FP inputs of the non-expert linears (Router: the FFN input, also the experts').
+    std::map<LinearKind, std::vector<std::vector<float>>> in_;
+    std::vector<LinearKind> kinds_;
+    Moments                 C_;
+    int                     sample_ = 0;
+};
 
 // The per-layer driver for quantize_model's routed experts (CEJD on): replaces every expert's linear of a kind with
 // a CejdLinear (shared 8-bit basis, 8-bit coefficients, binarized residual).

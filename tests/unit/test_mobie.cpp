@@ -272,3 +272,100 @@ TEST(Mobie, BundledModelCheckpointMatchesExportAndSharedBasisPath) {
     corrupt("nested", [](auto& q) { q["residual"]["format"] = "cejd"; }, {"config.json", mod, "cejd again"});
     corrupt("coef", [](auto& q) { q.erase("coef"); }, {"config.json", mod, "coef"});
 }
+
+TEST(MobieFpTarget, WeightIsTheLeastSquaresFitOfTheFpOutputs) {
+    const int out = 12, in = 10, n = 400;
+    std::mt19937                     rng(5);
+    std::normal_distribution<double> nd;
+    RMat Xf(in, n), Xq(in, n), W(out, in);
+    for (int i = 0; i < in; ++i)
+        for (int t = 0; t < n; ++t) {
+            Xf(i, t) = nd(rng) * (1 + i);
+            Xq(i, t) = Xf(i, t) + 0.3 * nd(rng) * (1 + i) + 0.2; // a noisy, biased quantized stream
+        }
+    for (int i = 0; i < W.size(); ++i) W.data()[i] = nd(rng);
+    std::vector<float> w(W.size());
+    for (int i = 0; i < W.size(); ++i) w[i] = (float)W.data()[i];
+    auto flat = [](const RMat& m) { return std::vector<double>(m.data(), m.data() + m.size()); };
+    const RMat H = Xq * Xq.transpose(), C = Xf * Xq.transpose();
+    // ridge 0: the normal equations (W̃ X̂ − W X_fp) X̂ᵀ = 0 hold.
+    const RMat Wt   = as_mat(fp_target_weight(w, out, in, flat(H), flat(C), 0.0), out, in);
+    const RMat Wf   = as_mat(w, out, in);
+    const RMat grad = (Wt * Xq - Wf * Xf) * Xq.transpose();
+    EXPECT_LT(grad.norm() / (Wf * Xf * Xq.transpose()).norm(), 1e-5);
+    // It fits the FP outputs better than W itself does on the quantized stream.
+    EXPECT_LT((Wt * Xq - Wf * Xf).norm(), 0.97 * (Wf * Xq - Wf * Xf).norm());
+    // Same stream on both sides: W back, whatever the ridge; a huge ridge: W back too.
+    for (double ridge : {0.0, 0.1}) {
+        const RMat Ws = as_mat(fp_target_weight(w, out, in, flat(H), flat(H), ridge), out, in);
+        EXPECT_LT((Ws - Wf).norm(), 1e-5 * Wf.norm());
+    }
+    const RMat Wr = as_mat(fp_target_weight(w, out, in, flat(H), flat(C), 1e9), out, in);
+    EXPECT_LT((Wr - Wf).norm(), 1e-6 * Wf.norm());
+}
+
+TEST(MobieFpTarget, CrossMomentsPairTheSameTokensAsTheHessians) {
+    // With nothing quantized the FP stream and the quantized stream are the same, so Σ x_fp x̂ᵀ must equal the
+    // captured Σ x̂ x̂ᵀ for every kind (experts: the tokens the router sends to e; down: the FP expert's intermediate).
+    auto ids_train = Tokenizer::from_file(test::bundled_model() / "tokenizer.json")
+                         .encode(test::read_text(test::resources_dir() / "corpus" / "train.txt").substr(0, 100000));
+    CalibrationSet  calib = random_windows(ids_train, 3, 32, 3, "train.txt");
+    auto            m     = Model::load(test::bundled_model());
+    LayerwiseRunner run(*m, calib);
+    FpStream        fps(m->spec(), calib);
+    auto diff = [](const std::vector<double>& a, const std::vector<double>& b) {
+        double d = 0, n = 0;
+        for (size_t i = 0; i < b.size(); ++i) {
+            d += std::abs(a[i] - b[i]);
+            n += std::abs(b[i]);
+        }
+        return n > 0 ? d / n : 1.0;
+    };
+    for (int l = 0; l < 2; ++l) {
+        fps.capture();
+        const Hooks h = fps.cross_hooks({LinearKind::Q, LinearKind::V, LinearKind::O, LinearKind::SharedDown,
+                                         LinearKind::ExpertGate, LinearKind::ExpertDown});
+        const LayerStats st = run.capture(CaptureOptions{}, {}, &h);
+        auto             C  = fps.take();
+        EXPECT_LT(diff(C[{LinearKind::Q, -1}], st.attn_in.H), 1e-6);
+        EXPECT_LT(diff(C[{LinearKind::V, -1}], st.attn_in.H), 1e-6);
+        EXPECT_LT(diff(C[{LinearKind::O, -1}], st.attn_out.H), 1e-6);
+        EXPECT_LT(diff(C[{LinearKind::SharedDown, -1}], st.shared_mid.H), 1e-6);
+        int seen = 0;
+        for (int e = 0; e < m->spec().n_expert; ++e) {
+            if (st.expert_in[e].n_tokens == 0) continue;
+            ++seen;
+            EXPECT_LT(diff(C[{LinearKind::ExpertGate, e}], st.expert_in[e].H), 1e-6) << "layer " << l << " expert " << e;
+            EXPECT_LT(diff(C[{LinearKind::ExpertDown, e}], st.expert_mid[e].H), 1e-5) << "layer " << l << " expert " << e;
+        }
+        EXPECT_GT(seen, 4);
+        run.advance();
+    }
+}
+
+TEST(MobieFpTarget, OtherCalibratedMethodsCanOptIn) {
+    // --fp-target on a baseline (the comparison in docs/RESULTS.md): the retargeted weights differ from the plain
+    // method's; rtn (no calibration) and mobie (on by default) refuse the flag.
+    auto ids_train = Tokenizer::from_file(test::bundled_model() / "tokenizer.json")
+                         .encode(test::read_text(test::resources_dir() / "corpus" / "train.txt").substr(0, 100000));
+    CalibrationSet calib = random_windows(ids_train, 2, 32, 5, "train.txt");
+    auto           run   = [&](bool fp) {
+        auto            m = Model::load(test::bundled_model());
+        QuantizeOptions o;
+        o.method        = "arb-rc";
+        o.fp_target_any = fp;
+        quantize_model(*m, calib, o);
+        return m->layer(1).o->dequantize();
+    };
+    const auto plain = run(false), fp = run(true);
+    double     d = 0, n = 0;
+    for (size_t i = 0; i < plain.size(); ++i) d += std::fabs(plain[i] - fp[i]), n += std::fabs(plain[i]);
+    EXPECT_GT(d / n, 1e-3) << "layer 1 o_proj is not retargeted";
+    for (const char* method : {"rtn", "mobie"}) {
+        auto            m = Model::load(test::bundled_model());
+        QuantizeOptions o;
+        o.method        = method;
+        o.fp_target_any = true;
+        EXPECT_THROW(quantize_model(*m, calib, o), InputError) << method;
+    }
+}
