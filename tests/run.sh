@@ -35,7 +35,7 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 HEAVY='^(Cli\.PplOnTestTextMatchesReference|Routing\.UsageAgreesWithReferenceCounts|Ebss\.MoreBalancedThanRandomWindows'
 HEAVY+='|QuantizePipeline\.GptqBeatsRtnOnHeldOutText|QuantizePipeline\.BinaryMethodsBeatOneBitRtnAndMatchTheirExport|QuantizePipeline\.GptvqTwoBitBeatsRtnTwoBit|Kbvq\.PipelineBcosLowersHeldOutBiasAndIsDeterministic'
 HEAVY+='|StudioFlow\.GptqShowsLayerErrorsWhileRunning|Tasks\.KjvClozeAccuracyFarAboveChance'
-HEAVY+='|VulkanRunner\.QuantizedCheckpointsPerplexityMatchesCpu)$'
+HEAVY+='|VulkanRunner\.QuantizedCheckpointsPerplexityMatchesCpu|MobieFpTarget\.OtherCalibratedMethodsCanOptIn)$'
 step "ASan + UBSan tests"
 (cd build-asan && ctest --output-on-failure -j "$JOBS" -E "$HEAVY")
 step "done"

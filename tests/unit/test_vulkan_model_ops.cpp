@@ -404,6 +404,24 @@ void cpu_route(const float* logits, int E, int K, bool renorm, std::vector<int>&
     for (int e : sel) w.push_back(renorm ? p[e] / sum : p[e]);
 }
 
+// The device's routing (ids, w: (n, k)) against cpu_route on the reference logits (n, stride): the same experts in
+// the same slots, weights within rel·w + abs.
+void expect_routing(vk::Device& dev, const vk::Buffer& ib, const vk::Buffer& wb, const std::vector<float>& logits,
+                    int n, int stride, int E, int K, bool renorm, double rel, double abs) {
+    std::vector<int32_t> gi((size_t)n * K);
+    dev.download(ib, gi.data(), gi.size() * 4);
+    auto gw = read_floats(dev, wb, (size_t)n * K);
+    for (int t = 0; t < n; ++t) {
+        std::vector<int>   ri;
+        std::vector<float> rw;
+        cpu_route(logits.data() + (size_t)t * stride, E, K, renorm, ri, rw);
+        for (int j = 0; j < K; ++j) {
+            ASSERT_EQ(gi[(size_t)t * K + j], ri[j]) << "K " << K << " token " << t << " slot " << j;
+            ASSERT_NEAR(gw[(size_t)t * K + j], rw[j], rel * rw[j] + abs) << "K " << K << " token " << t;
+        }
+    }
+}
+
 } // namespace
 
 TEST(VulkanModelOps, RouterSoftmaxTopkRenorm) {
@@ -420,18 +438,7 @@ TEST(VulkanModelOps, RouterSoftmaxTopkRenorm) {
             vk::CommandList cl(*dev);
             vk::router_topk(*dev, cl, lb, n, E, K, stride, renorm, ib, wb);
             cl.submit_and_wait();
-            std::vector<int32_t> gi((size_t)n * K);
-            dev->download(ib, gi.data(), gi.size() * 4);
-            auto gw = read_floats(*dev, wb, (size_t)n * K);
-            for (int t = 0; t < n; ++t) {
-                std::vector<int>   ri;
-                std::vector<float> rw;
-                cpu_route(logits.data() + (size_t)t * stride, E, K, renorm, ri, rw);
-                for (int j = 0; j < K; ++j) {
-                    ASSERT_EQ(gi[(size_t)t * K + j], ri[j]) << "K " << K << " token " << t << " slot " << j;
-                    ASSERT_NEAR(gw[(size_t)t * K + j], rw[j], 1e-5 * rw[j] + 1e-9) << "K " << K << " token " << t;
-                }
-            }
+            expect_routing(*dev, ib, wb, logits, n, stride, E, K, renorm, 1e-5, 1e-9);
         }
 }
 
@@ -460,18 +467,7 @@ TEST(VulkanModelOps, FusedRoutingMatchesNormRouterAndTopk) {
                 vk::route(*dev, cl, xb, n, q, {&gb, 1e-6f}, E, K, renorm, lb, ib, wb);
                 cl.submit_and_wait();
                 expect_close(read_floats(*dev, lb, ref.size()), ref, abs_scale(*router, xn, n), 2e-5, "logits");
-                std::vector<int32_t> gi((size_t)n * K);
-                dev->download(ib, gi.data(), gi.size() * 4);
-                auto gw = read_floats(*dev, wb, (size_t)n * K);
-                for (int t = 0; t < n; ++t) {
-                    std::vector<int>   ri;
-                    std::vector<float> rw;
-                    cpu_route(ref.data() + (size_t)t * stride, E, K, renorm, ri, rw);
-                    for (int j = 0; j < K; ++j) {
-                        ASSERT_EQ(gi[(size_t)t * K + j], ri[j]) << "K " << K << " token " << t << " slot " << j;
-                        ASSERT_NEAR(gw[(size_t)t * K + j], rw[j], 1e-4 * rw[j] + 1e-7) << "K " << K << " token " << t;
-                    }
-                }
+                expect_routing(*dev, ib, wb, ref, n, stride, E, K, renorm, 1e-4, 1e-7);
             }
     }
 }
