@@ -21,10 +21,10 @@ inline TasksCliRun run_tasks_cli(const std::string& args) { return moebius::test
 } // namespace
 
 TEST(CliTasks, JsonOnBundledClozeTask) {
-    TasksCliRun r = run_tasks_cli("tasks --limit 50 --json --threads 1");
+    TasksCliRun r = run_tasks_cli("tasks --limit 10 --json --threads 1");
     ASSERT_EQ(r.code, 0) << r.err;
     json j = json::parse(r.out); // exactly one object: parse rejects trailing content
-    EXPECT_EQ(j["n"], 50);
+    EXPECT_EQ(j["n"], 10);
     EXPECT_GE(j["acc"].get<double>(), 0.0);
     EXPECT_LE(j["acc"].get<double>(), 1.0);
     EXPECT_GE(j["acc_norm"].get<double>(), 0.0);
