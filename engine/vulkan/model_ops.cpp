@@ -150,10 +150,10 @@ QWeights QWeights::upload(Device& dev, const std::vector<const Linear*>& linears
         std::vector<uint32_t> aux((size_t)rows, 0); // per row: its linear's region; then the regions
         int64_t               r0 = 0;
         for (const Linear* l : linears) {
-            const auto&   b   = static_cast<const BinaryLinear*>(l)->packed();
+            const auto&   bl  = static_cast<const BinaryLinear&>(*l);
+            const auto&   b   = bl.packed();
             const int     out = l->out_features(), nb = q.in / q.group, ng = bin0->n_groups();
-            const int64_t rb = BinaryLinear::bit_bytes(q.in), rb2 = BinaryLinear::bit_bytes(
-                                                                    static_cast<const BinaryLinear*>(l)->n_salient());
+            const int64_t rb = BinaryLinear::bit_bytes(q.in), rb2 = BinaryLinear::bit_bytes(bl.n_salient());
             // Region: sal_idx (in) int32, the salient bitmap (rw words), then column scales (in, n_slots) f16, two per
             // word.
             const uint32_t base = (uint32_t)aux.size();
