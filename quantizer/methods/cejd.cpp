@@ -1,8 +1,9 @@
 #include "quantizer/methods/cejd.h"
 
 #include "engine/core/error.h"
+#include "quantizer/linalg.h"
 
-#include <Eigen/Dense>
+#include <Eigen/Core>
 #include <string>
 
 namespace moebius::quant {
@@ -30,17 +31,17 @@ void sqrt_pair(const std::vector<double>& Hv, int d, Mat& Hh, Mat& Hhi) {
     H     = 0.5 * (H + H.transpose());
     const double mean = H.diagonal().mean();
     H.diagonal().array() += 1e-2 * (mean > 0 ? mean : 1.0);
-    Eigen::SelfAdjointEigenSolver<Mat> es(H);
-    if (es.info() != Eigen::Success) throw Error("cejd: eigendecomposition of the input second moment failed");
-    Hh  = es.operatorSqrt();
-    Hhi = es.operatorInverseSqrt();
+    SymmetricEigen es = symmetric_eigen(H, true);
+    if (!es.ok) throw Error("cejd: eigendecomposition of the input second moment failed");
+    Hh  = std::move(es.sqrt);
+    Hhi = std::move(es.inverse_sqrt);
 }
 
 // Top-r eigenvectors (descending eigenvalue) of a symmetric G, as columns.
 Mat top_eigvecs(const Mat& G, int r) {
-    Eigen::SelfAdjointEigenSolver<Mat> es(0.5 * (G + G.transpose()));
-    if (es.info() != Eigen::Success) throw Error("cejd: eigendecomposition of the joint Gram matrix failed");
-    return es.eigenvectors().rightCols(r).rowwise().reverse();
+    const SymmetricEigen es = symmetric_eigen(0.5 * (G + G.transpose()));
+    if (!es.ok) throw Error("cejd: eigendecomposition of the joint Gram matrix failed");
+    return es.vectors.rightCols(r).rowwise().reverse();
 }
 
 void check_rank(int rank, int out, int in) {
@@ -80,10 +81,10 @@ std::vector<float> cejd_output_basis(const std::vector<const float*>& W, int out
     }
     if (Mv.empty()) return to_floats(RMat(top_eigvecs(G, rank)));
     Mat M = Eigen::Map<const Mat>(Mv.data(), out, out);
-    Eigen::SelfAdjointEigenSolver<Mat> es(0.5 * (M + M.transpose()));
-    if (es.info() != Eigen::Success || es.eigenvalues().minCoeff() <= 0)
+    const SymmetricEigen es = symmetric_eigen(0.5 * (M + M.transpose()), true);
+    if (!es.ok || es.values.minCoeff() <= 0)
         throw InputError("cejd: the output metric must be symmetric positive definite");
-    const Mat Mh = es.operatorSqrt(), Mhi = es.operatorInverseSqrt();
+    const Mat &Mh = es.sqrt, &Mhi = es.inverse_sqrt;
     return to_floats(RMat(Mhi * top_eigvecs(Mh * G * Mh, rank))); // (out, r)
 }
 
@@ -95,7 +96,7 @@ std::vector<float> cejd_input_coef(const float* A, int out, int in, const std::v
     Mat        G  = BH * B.transpose();    // (r, r)
     G.diagonal().array() += 1e-8 * std::max(G.diagonal().mean(), 1e-30);
     const RMat rhs = as_mat(A, out, in) * BH.transpose(); // (out, r)
-    return to_floats(RMat(G.ldlt().solve(rhs.transpose()).transpose()));
+    return to_floats(RMat(ldlt_solve(G, rhs.transpose()).transpose()));
 }
 
 std::vector<float> cejd_output_coef(const float* A, int out, int in, const std::vector<float>& Bv, int rank,
@@ -104,7 +105,7 @@ std::vector<float> cejd_output_coef(const float* A, int out, int in, const std::
     const Mat  MB = Mv.empty() ? Mat(B) : Mat(Eigen::Map<const Mat>(Mv.data(), out, out) * B); // (out, r)
     Mat        G  = B.transpose() * MB;                                                     // (r, r)
     G.diagonal().array() += 1e-8 * std::max(G.diagonal().mean(), 1e-30);
-    return to_floats(RMat(G.ldlt().solve(MB.transpose() * as_mat(A, out, in)))); // (r, in)
+    return to_floats(RMat(ldlt_solve(G, MB.transpose() * as_mat(A, out, in)))); // (r, in)
 }
 
 } // namespace moebius::quant

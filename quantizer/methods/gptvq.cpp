@@ -2,11 +2,10 @@
 
 #include "engine/core/dtype.h"
 #include "engine/core/error.h"
+#include "quantizer/linalg.h"
 #include "quantizer/methods/hessian.h"
 
-#include <Eigen/Cholesky>
 #include <Eigen/Core>
-#include <Eigen/LU>
 #include <algorithm>
 #include <cmath>
 #include <exception>
@@ -83,7 +82,7 @@ void init_mahalanobis(const double* x, int n, int dim, int k, std::vector<double
     cov /= n;
     // A small ridge keeps Σ invertible for degenerate groups (all-equal columns, tiny groups).
     cov.diagonal().array() += 1e-12 + 1e-9 * cov.trace() / dim;
-    const Mat           inv = cov.inverse();
+    const Mat           inv = inverse(cov);
     std::vector<double> m(n);
     for (int p = 0; p < n; ++p) {
         Eigen::VectorXd v = Eigen::Map<const Eigen::VectorXd>(x + (size_t)p * dim, dim) - mu;
@@ -203,7 +202,7 @@ void refine_codebooks(VqWeights& q, const std::vector<double>& Wt, const std::ve
             Eigen::VectorXd gv = Eigen::VectorXd::Zero(KD);
             for (int o = rb * R; o < std::min(out, (rb + 1) * R); ++o)
                 for (int a = 0; a < G; ++a) gv(slot(o, j0 + a)) += sc(o) * grad(o, j0 + a);
-            Eigen::VectorXd dv = gauss_newton(cb).ldlt().solve(-gv);
+            Eigen::VectorXd dv = ldlt_solve_vector(gauss_newton(cb), -gv);
             for (int i = 0; i < KD; ++i) step[(size_t)cb * KD + i] = std::isfinite(dv(i)) ? dv(i) : 0.0;
         }
         // Codebooks are coupled through H's off-diagonal blocks, so the joint step may overshoot: halve until it helps.

@@ -4,10 +4,9 @@
 #include "engine/core/error.h"
 #include "engine/cpu/linear.h"
 #include "engine/cpu/ops.h"
+#include "quantizer/linalg.h"
 
 #include <Eigen/Core>
-#include <Eigen/Eigenvalues>
-#include <Eigen/LU>
 #include <algorithm>
 #include <cmath>
 #include <omp.h>
@@ -56,13 +55,13 @@ IdreResult idre_decompose(const std::vector<std::vector<float>>& W, int out, int
             G.noalias() += w * w.transpose();
         }
     }
-    Eigen::SelfAdjointEigenSolver<Mat> es(G);
-    if (es.info() != Eigen::Success) throw Error("idre: eigendecomposition failed");
+    const SymmetricEigen es = symmetric_eigen(G);
+    if (!es.ok) throw Error("idre: eigendecomposition failed");
     // Eigen sorts ascending: the top-r eigenvectors are the last columns. Sign fixed (largest |entry| positive) so
     // the result does not depend on the solver's sign choice.
     Mat B(out, r.rank);
     for (int k = 0; k < r.rank; ++k) {
-        Eigen::VectorXd v = es.eigenvectors().col(out - 1 - k);
+        Eigen::VectorXd v = es.vectors.col(out - 1 - k);
         Eigen::Index    im;
         v.cwiseAbs().maxCoeff(&im);
         if (v(im) < 0) v = -v;
@@ -73,7 +72,7 @@ IdreResult idre_decompose(const std::vector<std::vector<float>>& W, int out, int
         for (int k = 0; k < r.rank; ++k) r.basis[(size_t)o * r.rank + k] = (float)B(o, k);
     // Least squares for the f16 basis (nearly orthonormal): C_e = (BᵀB)⁻¹ Bᵀ W_e; for a fixed left basis this is
     // optimal under any input covariance.
-    const Mat P = (B.transpose() * B).inverse() * B.transpose(); // (r, out)
+    const Mat P = inverse(B.transpose() * B) * B.transpose(); // (r, out)
     for (int e = 0; e < E; ++e) {
         Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> w(W[e].data(), out, in);
         RowMat c = P * w.cast<double>();

@@ -5,11 +5,12 @@
 #include "engine/cpu/cejd_linear.h"
 #include "engine/cpu/nbit_linear.h"
 #include "engine/cpu/ops.h"
+#include "quantizer/linalg.h"
 #include "quantizer/methods/binarize.h"
 #include "quantizer/methods/cejd.h"
 #include "quantizer/methods/uniform_quant.h"
 
-#include <Eigen/Dense>
+#include <Eigen/Core>
 #include <numeric>
 
 namespace moebius::quant {
@@ -165,7 +166,7 @@ std::vector<float> fp_target_weight(const std::vector<float>& W, int out, int in
     if (!(mean > 0)) return W;
     Hm.diagonal().array() += ridge * mean;
     // W̃ − W = W D (H + λI)⁻¹ = ((H + λI)⁻¹ Dᵀ Wᵀ)ᵀ
-    const RMat corr = Hm.ldlt().solve(D.transpose() * Wm.transpose()).transpose();
+    const RMat corr = ldlt_solve(Hm, D.transpose() * Wm.transpose()).transpose();
     std::vector<float> r(W.size());
     for (size_t i = 0; i < r.size(); ++i) r[i] = (float)(Wm.data()[i] + corr.data()[i]);
     return r;

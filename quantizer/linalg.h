@@ -1,0 +1,26 @@
+#pragma once
+// Dense decompositions the methods share (CEJD, KBVQ's IDRE, GPTVQ, MoBiE's FP-stream targets), compiled once:
+// Eigen's solvers are template code that costs ~25–50 s to instantiate in every translation unit under the
+// sanitizers. Each function runs exactly the Eigen call it names, so moving a call here changes no result.
+#include <Eigen/Core>
+
+namespace moebius::quant {
+
+// Eigen::SelfAdjointEigenSolver of a symmetric A (only its lower triangle is read, as Eigen does).
+struct SymmetricEigen {
+    bool            ok = false;  // Eigen reported success
+    Eigen::VectorXd values;      // (n) ascending
+    Eigen::MatrixXd vectors;     // (n, n) the eigenvectors as columns, in the order of values
+    Eigen::MatrixXd sqrt;        // (n, n) V diag(√λ) Vᵀ, only with roots = true
+    Eigen::MatrixXd inverse_sqrt; // (n, n) V diag(1/√λ) Vᵀ, only with roots = true
+};
+SymmetricEigen symmetric_eigen(const Eigen::MatrixXd& A, bool roots = false);
+
+// A⁻¹ B by A.ldlt() for a symmetric positive (semi)definite A.
+Eigen::MatrixXd ldlt_solve(const Eigen::MatrixXd& A, const Eigen::MatrixXd& B);
+Eigen::VectorXd ldlt_solve_vector(const Eigen::MatrixXd& A, const Eigen::VectorXd& b); // the vector path of the solve
+
+// A⁻¹ of a square A (Eigen's inverse(): partial-pivoting LU for dynamic sizes).
+Eigen::MatrixXd inverse(const Eigen::MatrixXd& A);
+
+} // namespace moebius::quant
