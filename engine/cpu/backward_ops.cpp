@@ -1,8 +1,8 @@
 #include "engine/cpu/backward_ops.h"
 
+#include "engine/cpu/gemm.h"
 #include "engine/cpu/ops.h"
 
-#include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
 #include <omp.h>
@@ -11,11 +11,6 @@
 namespace moebius::cpu {
 
 namespace {
-
-using RowMat  = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using MapC    = Eigen::Map<const RowMat>;
-using MapCS   = Eigen::Map<const RowMat, 0, Eigen::OuterStride<>>;
-using MapS    = Eigen::Map<RowMat, 0, Eigen::OuterStride<>>;
 
 // Column (or row) slab width of the GEMM chunks; fixed so the summation order never depends on the thread count.
 constexpr int k_slab = 64;
@@ -33,28 +28,21 @@ void matmul_nn(const float* a, int n, int k, const float* b, int m, float* c, bo
         if (!accumulate) std::fill(c, c + (int64_t)n * m, 0.f);
         return;
     }
-    MapC      A(a, n, k);
     const int chunks = (m + k_slab - 1) / k_slab;
 #pragma omp parallel for schedule(dynamic) if (chunks > 1 && !omp_in_parallel())
     for (int ch = 0; ch < chunks; ++ch) {
         const int c0 = ch * k_slab, w = std::min(m, c0 + k_slab) - c0;
-        MapCS     B(b + c0, k, w, Eigen::OuterStride<>(m));
-        MapS      C(c + c0, n, w, Eigen::OuterStride<>(m));
-        if (accumulate) C.noalias() += A * B;
-        else C.noalias() = A * B;
+        gemm(n, w, k, a, k, false, b + c0, m, false, c + c0, m, accumulate); // c[:, c0:c0+w] (+)= a · b[:, c0:c0+w]
     }
 }
 
 void matmul_tn_acc(const float* a, int n, int k, const float* b, int m, float* c) {
     if (n <= 0 || k <= 0 || m <= 0) return;
-    MapC      B(b, n, m);
     const int chunks = (k + k_slab - 1) / k_slab;
 #pragma omp parallel for schedule(dynamic) if (chunks > 1 && !omp_in_parallel())
     for (int ch = 0; ch < chunks; ++ch) {
         const int r0 = ch * k_slab, h = std::min(k, r0 + k_slab) - r0;
-        MapCS     A(a + r0, n, h, Eigen::OuterStride<>(k)); // columns r0.. of a
-        MapS      C(c + (int64_t)r0 * m, h, m, Eigen::OuterStride<>(m));
-        C.noalias() += A.transpose() * B;
+        gemm(h, m, n, a + r0, k, true, b, m, false, c + (int64_t)r0 * m, m, true); // c[r0:r0+h] += a[:, r0:r0+h]ᵀ b
     }
 }
 

@@ -3,10 +3,10 @@
 #include "engine/core/error.h"
 #include "engine/core/weight_store.h"
 #include "engine/cpu/cejd_linear.h"
+#include "engine/cpu/gemm.h"
 #include "engine/cpu/linear_loader.h"
 #include "engine/cpu/ops.h"
 
-#include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
 #include <malloc.h>
@@ -322,9 +322,6 @@ void Model::attention(int il, const float* hn, int n, KVCache* cache, int n_past
     // Per (head, block of up to kQB queries): S = Q_b K_hᵀ and O_b = softmax(S) V_h as two small GEMMs over the keys
     // the block's last query can see; rows whose causal limit ends earlier get zero weight for the later keys.
     // (The dot products were scalar loops before: a serial FMA chain per score, ~4 cycles per multiply-add.)
-    using RowMat      = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-    using ConstStrided = Eigen::Map<const RowMat, 0, Eigen::OuterStride<>>;
-    using Strided      = Eigen::Map<RowMat, 0, Eigen::OuterStride<>>;
     constexpr int kQB  = 32;
     const int     n_qb = (n + kQB - 1) / kQB;
     // Fork only when there is enough work to amortise waking the other threads (decode of a small model is not).
@@ -338,19 +335,18 @@ void Model::attention(int il, const float* hn, int n, KVCache* cache, int n_past
                 const int    i0 = b * kQB, m = std::min(n, i0 + kQB) - i0;
                 const int    kvh  = h / group; // repeat_kv: q-head h reads kv-head h / (n_head / n_head_kv)
                 const int    nctx = base + i0 + m; // keys visible to the block's last query
-                ConstStrided Qb(q.data() + (int64_t)i0 * qd + (int64_t)h * hd, m, hd, Eigen::OuterStride<>(qd));
-                ConstStrided Kh(K + (int64_t)kvh * hd, nctx, hd, Eigen::OuterStride<>(kvd));
-                ConstStrided Vh(V + (int64_t)kvh * hd, nctx, hd, Eigen::OuterStride<>(kvd));
-                Eigen::Map<RowMat> S(scores.data(), m, nctx);
-                S.noalias() = Qb * Kh.transpose();
+                // S (m, nctx) = Q_b (m, hd; rows qd apart) · K_hᵀ (K_h: nctx rows kvd apart)
+                cpu::gemm(m, nctx, hd, q.data() + (int64_t)i0 * qd + (int64_t)h * hd, qd, false, K + (int64_t)kvh * hd,
+                     kvd, true, scores.data(), nctx, false);
                 for (int r = 0; r < m; ++r) {
                     float*    sr  = scores.data() + (int64_t)r * nctx;
                     const int lim = base + i0 + r + 1; // causal: keys 0..lim-1
                     cpu::softmax_scaled(sr, lim, scale);
                     std::fill(sr + lim, sr + nctx, 0.f);
                 }
-                Strided Ob(attn.data() + (int64_t)i0 * qd + (int64_t)h * hd, m, hd, Eigen::OuterStride<>(qd));
-                Ob.noalias() = S * Vh;
+                // O_b (m, hd; rows qd apart) = S · V_h (nctx, hd; rows kvd apart)
+                cpu::gemm(m, hd, nctx, scores.data(), nctx, false, V + (int64_t)kvh * hd, kvd, false,
+                     attn.data() + (int64_t)i0 * qd + (int64_t)h * hd, qd, false);
             }
         }
     }

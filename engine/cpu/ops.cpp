@@ -1,5 +1,7 @@
 #include "engine/cpu/ops.h"
 
+#include "engine/cpu/gemm.h"
+
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
@@ -7,9 +9,6 @@
 
 namespace moebius::cpu {
 
-using RowMat  = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using MapC    = Eigen::Map<const RowMat>;
-using MapM    = Eigen::Map<RowMat, 0, Eigen::OuterStride<>>;
 
 
 void matmul_wt(const float* x, int n, int in, const float* w, int out, float* y) {
@@ -27,16 +26,13 @@ void matmul_wt(const float* x, int n, int in, const float* w, int out, float* y)
         }
         return;
     }
-    MapC X(x, n, in);
     // GEMM regime: split W's rows into one contiguous chunk per thread; Eigen does the blocking inside a chunk.
     int chunks = big ? std::max(1, std::min(threads, out / 16)) : 1;
 #pragma omp parallel for schedule(static) num_threads(threads) if (chunks > 1)
     for (int c = 0; c < chunks; ++c) {
         int o0 = (int)((int64_t)out * c / chunks), o1 = (int)((int64_t)out * (c + 1) / chunks);
         if (o1 <= o0) continue;
-        MapC W(w + (int64_t)o0 * in, o1 - o0, in);
-        MapM Y(y + o0, n, o1 - o0, Eigen::OuterStride<>(out));
-        Y.noalias() = X * W.transpose();
+        gemm(n, o1 - o0, in, x, in, false, w + (int64_t)o0 * in, in, true, y + o0, out, false);
     }
 }
 

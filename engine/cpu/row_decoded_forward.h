@@ -2,9 +2,9 @@
 // y (n, out) = x (n, in) · Wᵀ for packed weights that can only be read a row at a time: the caller's decode_row(o, dst)
 // writes row o of W (in floats) into dst. The whole matrix is never held in f32; rows are decoded into per-thread
 // buffers and used while they are hot. Shared by the quantized formats (NbitLinear, BinaryLinear, VqLinear).
+#include "engine/cpu/gemm.h"
 #include "engine/cpu/ops.h"
 
-#include <Eigen/Core>
 #include <algorithm>
 #include <cstdint>
 #include <omp.h>
@@ -15,10 +15,6 @@ namespace moebius::cpu {
 // decode_row must be callable concurrently from several threads for different rows.
 template <class DecodeRow>
 void row_decoded_forward(const float* x, int n, int in, int out, float* y, const DecodeRow& decode_row) {
-    using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-    using MapC   = Eigen::Map<const RowMat>;
-    using MapM   = Eigen::Map<RowMat, 0, Eigen::OuterStride<>>;
-
     const bool nested  = omp_in_parallel();
     const int  threads = nested ? 1 : omp_get_max_threads();
     // Same fork threshold as cpu::matmul_wt: below ~2^18 multiply-adds forking costs more than it saves.
@@ -39,7 +35,6 @@ void row_decoded_forward(const float* x, int n, int in, int out, float* y, const
     }
     // GEMM regime: each thread owns a contiguous range of rows, decodes it tile by tile (~128 KiB of f32) and lets
     // Eigen multiply the tile.
-    MapC      X(x, n, in);
     const int tile   = std::max(8, std::min(out, (32 * 1024) / std::max(1, in)));
     const int chunks = big ? std::max(1, std::min(threads, out / 16)) : 1;
 #pragma omp parallel for schedule(static) num_threads(threads) if (chunks > 1)
@@ -49,9 +44,7 @@ void row_decoded_forward(const float* x, int n, int in, int out, float* y, const
         for (int t0 = o0; t0 < o1; t0 += tile) {
             const int rows = std::min(tile, o1 - t0);
             for (int r = 0; r < rows; ++r) decode_row(t0 + r, buf.data() + (int64_t)r * in);
-            MapC W(buf.data(), rows, in);
-            MapM Y(y + t0, n, rows, Eigen::OuterStride<>(out));
-            Y.noalias() = X * W.transpose();
+            gemm(n, rows, in, x, in, false, buf.data(), in, true, y + t0, out, false);
         }
     }
 }

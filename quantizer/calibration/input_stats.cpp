@@ -1,13 +1,12 @@
 #include "quantizer/calibration/input_stats.h"
 
 #include "engine/core/error.h"
+#include "engine/cpu/gemm.h"
 
-#include <Eigen/Core>
 #include <cmath>
+#include <vector>
 
 namespace moebius::quant {
-
-using RowMatF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 InputStats::InputStats(int d, bool aff) : dim(d), affinity(aff) {
     H.assign((size_t)d * d, 0.0);
@@ -17,15 +16,17 @@ InputStats::InputStats(int d, bool aff) : dim(d), affinity(aff) {
 void InputStats::add(const float* x, int m, const float* c) {
     if (m <= 0) return;
     MOEBIUS_ASSERT(dim > 0);
-    Eigen::Map<const RowMatF> X(x, m, dim);
-    RowMatF                   G(dim, dim);
-    G.noalias() = X.transpose() * X;
-    for (int64_t i = 0; i < (int64_t)dim * dim; ++i) H[i] += G.data()[i];
+    std::vector<float> G((size_t)dim * dim); // (dim, dim) Xᵀ X of this batch in f32, summed into the f64 H
+    cpu::gemm(dim, dim, m, x, dim, true, x, dim, false, G.data(), dim, false);
+    for (int64_t i = 0; i < (int64_t)dim * dim; ++i) H[i] += G[i];
     if (affinity) {
-        RowMatF Xc = X;
-        for (int r = 0; r < m; ++r) Xc.row(r) *= std::sqrt(c ? std::max(c[r], 0.f) : 1.f);
-        G.noalias() = Xc.transpose() * Xc;
-        for (int64_t i = 0; i < (int64_t)dim * dim; ++i) H_aff[i] += G.data()[i];
+        std::vector<float> Xc(x, x + (size_t)m * dim); // (m, dim) rows scaled by √c
+        for (int r = 0; r < m; ++r) {
+            const float s = std::sqrt(c ? std::max(c[r], 0.f) : 1.f);
+            for (int j = 0; j < dim; ++j) Xc[(size_t)r * dim + j] *= s;
+        }
+        cpu::gemm(dim, dim, m, Xc.data(), dim, true, Xc.data(), dim, false, G.data(), dim, false);
+        for (int64_t i = 0; i < (int64_t)dim * dim; ++i) H_aff[i] += G[i];
     }
     n_tokens += m;
     for (int r = 0; r < m; ++r) {
