@@ -8,6 +8,8 @@
 // expert scaled by its sigmoid gate, added to the routed sum, then to the residual stream.
 // NORM: x is the residual stream and the linear applies to RMSNorm(x) with weight ng: dot = Σ_j w_j·(ng_j·x_j) and
 // Σ_j x_j² in the same pass, then dot / sqrt(mean(x²) + eps), so no separate norm dispatch is needed.
+// A weight set larger than one binding is split by output rows (model_ops.h QWeights): this dispatch applies the
+// part holding rows [r0, r0 + rows) of every matrix, laid out as a set of its own (n_mats, rows, in).
 #include "common.glsl"
 
 layout(constant_id = 0) const uint WG = 64; // power of two ≥ MAX_TOKENS
@@ -34,18 +36,19 @@ layout(std430, binding = 8) readonly buffer NG { float ng[]; };      // (in) RMS
 layout(push_constant) uniform P {
     uint n, in_f, out_f, row_bytes, n_groups, group, mat, gate_stride, gate_off;
     float eps;
+    uint r0, rows;
 } p;
 
 shared float red[MAX_TOKENS * WG];  // (MAX_TOKENS, WG)
 shared float red2[MAX_TOKENS * WG]; // (MAX_TOKENS, WG) Σ x² with NORM
 
 void main() {
-    const uint row = wg_row();
-    if (row >= p.out_f) return; // uniform across the workgroup
-    const uint lid = gl_LocalInvocationID.x;
+    const uint lrow = wg_row();
+    if (lrow >= p.rows) return; // uniform across the workgroup
+    const uint row = p.r0 + lrow, lid = gl_LocalInvocationID.x;
     const uint t0  = gl_WorkGroupID.z * MAX_TOKENS;
     const uint nt  = min(MAX_TOKENS, p.n - t0);
-    const uint r   = p.mat * p.out_f + row;
+    const uint r   = p.mat * p.rows + lrow; // in the part
     float acc[MAX_TOKENS], ss[MAX_TOKENS];
     for (uint t = 0; t < MAX_TOKENS; ++t) acc[t] = ss[t] = 0.0;
     if (FORMAT == 3 && p.group % 32u == 0u) {
@@ -60,7 +63,7 @@ void main() {
                     if (t < nt) ss[t] += x[(t0 + t) * p.in_f + j] * x[(t0 + t) * p.in_f + j];
     } else
     for (uint j = lid; j < p.in_f; j += WG) {
-        const float wv = qweight(r, j, p.in_f, p.out_f, p.row_bytes, p.n_groups, p.group);
+        const float wv = qweight(r, j, p.in_f, p.rows, p.row_bytes, p.n_groups, p.group);
         const float gj = NORM ? ng[j] : 1.0;
         for (uint t = 0; t < MAX_TOKENS; ++t)
             if (t < nt) {

@@ -19,11 +19,17 @@
 //     column bitmap (row_bytes words) and then the f16 column scales (in, n_slots). `group` is the column block. The weight is BinaryLinear's formula with its f32
 //     operations in its order (precise), so it is bit-identical to BinaryLinear::dequantize().
 // Several matrices (experts) live in one set: global row r = matrix·out + row.
-layout(constant_id = 10) const uint VQ_DIM = 1;
-layout(constant_id = 11) const bool VQ_SCALED = false;
-layout(constant_id = 12) const uint BIN_SG = 1; // salient groups 0, 1, 2
-layout(constant_id = 13) const bool BIN_MEAN = true;
-layout(constant_id = 14) const bool BIN_COLS = false;
+// A kernel may read a second weight set of another format: it includes this file again with QW_BINDING, QW_SPEC (the
+// first of its five spec constant ids, 10 by default) and every name below (QW, qw, …, qweight, FORMAT, BITS)
+// renamed by macros (moe_gate_up.comp, moe_down.comp: the shared expert in the routed experts' dispatch).
+#ifndef QW_SPEC
+#define QW_SPEC 10
+#endif
+layout(constant_id = QW_SPEC + 0) const uint VQ_DIM = 1;
+layout(constant_id = QW_SPEC + 1) const bool VQ_SCALED = false;
+layout(constant_id = QW_SPEC + 2) const uint BIN_SG = 1; // salient groups 0, 1, 2
+layout(constant_id = QW_SPEC + 3) const bool BIN_MEAN = true;
+layout(constant_id = QW_SPEC + 4) const bool BIN_COLS = false;
 layout(std430, binding = QW_BINDING) readonly buffer QW { uint qw[]; };
 layout(std430, binding = QW_BINDING + 1) readonly buffer QS { uint qs[]; };
 layout(std430, binding = QW_BINDING + 2) readonly buffer QZ { uint qz[]; };

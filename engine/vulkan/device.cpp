@@ -91,6 +91,8 @@ DeviceInfo describe(VkPhysicalDevice pd, int index) {
     d.subgroup_size             = sub.subgroupSize;
     d.max_storage_buffer_range  = p.limits.maxStorageBufferRange;
     d.max_memory_allocation     = m3.maxMemoryAllocationSize;
+    d.max_memory_allocation_count  = p.limits.maxMemoryAllocationCount;
+    d.min_storage_offset_alignment = p.limits.minStorageBufferOffsetAlignment;
     d.max_workgroup_invocations = p.limits.maxComputeWorkGroupInvocations;
     d.max_shared_memory         = p.limits.maxComputeSharedMemorySize;
     d.max_push_constants        = p.limits.maxPushConstantsSize;
@@ -212,11 +214,17 @@ int Instance::select(const std::string& selector) const {
 
 // ---- Buffer -------------------------------------------------------------------------------------------------------
 
+MemoryBlock::~MemoryBlock() {
+    if (map) vkUnmapMemory(dev, mem);
+    if (mem) vkFreeMemory(dev, mem, nullptr);
+}
+
 void Buffer::release() {
     if (!dev_) return;
-    if (map_) vkUnmapMemory(dev_, mem_);
+    if (map_ && !block_) vkUnmapMemory(dev_, mem_);
     if (buf_) vkDestroyBuffer(dev_, buf_, nullptr);
     if (mem_) vkFreeMemory(dev_, mem_, nullptr);
+    block_.reset(); // the block's memory goes with its last buffer
     dev_ = VK_NULL_HANDLE, buf_ = VK_NULL_HANDLE, mem_ = VK_NULL_HANDLE, map_ = nullptr, size_ = 0;
 }
 
@@ -227,7 +235,7 @@ Buffer::Buffer(Buffer&& o) noexcept { *this = std::move(o); }
 Buffer& Buffer::operator=(Buffer&& o) noexcept {
     if (this != &o) {
         release();
-        dev_ = o.dev_, buf_ = o.buf_, mem_ = o.mem_, size_ = o.size_, map_ = o.map_;
+        dev_ = o.dev_, buf_ = o.buf_, mem_ = o.mem_, size_ = o.size_, map_ = o.map_, block_ = std::move(o.block_);
         o.dev_ = VK_NULL_HANDLE, o.buf_ = VK_NULL_HANDLE, o.mem_ = VK_NULL_HANDLE, o.map_ = nullptr, o.size_ = 0;
     }
     return *this;
@@ -250,6 +258,9 @@ Device::Device(const std::string& selector, bool force_staging) : inst_(std::mak
         if (d.index == idx) info_ = d;
     vkGetPhysicalDeviceMemoryProperties(phys_, &mem_);
     staging_ = force_staging || !info_.unified_memory;
+    set_max_binding_bytes(0);
+    if (const char* e = std::getenv("MOEBIUS_VULKAN_MAX_BINDING"); e && *e)
+        set_max_binding_bytes(std::strtoull(e, nullptr, 10));
 
     // A compute queue family; prefer a compute-only one (async compute on discrete GPUs), else any with compute.
     uint32_t nq = 0;
@@ -291,8 +302,13 @@ Device::Device(const std::string& selector, bool force_staging) : inst_(std::mak
     wg_ = std::max<uint32_t>(8, wg);
 }
 
+void Device::set_max_binding_bytes(uint64_t bytes) {
+    binding_limit_ = bytes ? std::min<uint64_t>(bytes, info_.max_storage_buffer_range) : info_.max_storage_buffer_range;
+}
+
 Device::~Device() {
     dummy_ = Buffer{}; // before the VkDevice goes
+    block_.reset();    // buffers still alive keep their block
     pipelines_.clear();
     if (cache_) vkDestroyPipelineCache(dev_, cache_, nullptr);
     if (dev_) vkDestroyDevice(dev_, nullptr);
@@ -349,8 +365,58 @@ Buffer Device::allocate(uint64_t bytes, VkBufferUsageFlags usage, bool host_visi
 Buffer Device::create_buffer(uint64_t bytes) {
     const VkBufferUsageFlags usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
                                      VK_BUFFER_USAGE_TRANSFER_DST_BIT;
+    if (bytes <= k_small_buffer) return allocate_small(bytes, usage);
     // Unified devices (lavapipe, integrated GPUs): device-local memory is host-visible, so no staging copies.
+    ++n_allocs_;
     return allocate(bytes, usage, !staging_);
+}
+
+// A buffer bound into the current block at the next offset aligned to its requirement and to
+// minStorageBufferOffsetAlignment (a bump allocator: space comes back when the block's last buffer goes, which suits
+// the runner's buffers, made once per model). A fresh block when it does not fit or has another memory type.
+Buffer Device::allocate_small(uint64_t bytes, VkBufferUsageFlags usage) {
+    bytes = std::max<uint64_t>(bytes, 4);
+    Buffer             b;
+    VkBufferCreateInfo bci{VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO};
+    bci.size        = bytes;
+    bci.usage       = usage;
+    bci.sharingMode = VK_SHARING_MODE_EXCLUSIVE;
+    check(vkCreateBuffer(dev_, &bci, nullptr, &b.buf_), "vkCreateBuffer");
+    b.dev_  = dev_;
+    b.size_ = bytes;
+    VkMemoryRequirements req;
+    vkGetBufferMemoryRequirements(dev_, b.buf_, &req);
+    const bool                  visible = !staging_;
+    const VkMemoryPropertyFlags host    = VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT;
+    const VkMemoryPropertyFlags want    = VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT | (visible ? host : 0);
+    const uint32_t type = find_memory_type(req.memoryTypeBits, want, 0);
+    if (type == UINT32_MAX) throw UnsupportedError("vulkan: no suitable memory type for a buffer");
+    const uint64_t align = std::max<uint64_t>({req.alignment, info_.min_storage_offset_alignment, 4});
+    uint64_t       off   = block_ ? (block_->used + align - 1) / align * align : 0;
+    if (!block_ || block_type_ != type || off + req.size > block_->size) {
+        auto                 blk = std::make_shared<MemoryBlock>();
+        VkMemoryAllocateInfo mai{VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO};
+        mai.allocationSize  = std::max<uint64_t>(k_block_bytes, req.size);
+        mai.memoryTypeIndex = type;
+        const VkResult r    = vkAllocateMemory(dev_, &mai, nullptr, &blk->mem);
+        if (r == VK_ERROR_OUT_OF_DEVICE_MEMORY || r == VK_ERROR_OUT_OF_HOST_MEMORY)
+            throw VulkanError("vulkan: out of memory allocating a block of " + std::to_string(mai.allocationSize) +
+                                  " bytes on '" + info_.name + "' (" + result_name(r) + ")",
+                              r);
+        check(r, "vkAllocateMemory");
+        blk->dev  = dev_;
+        blk->size = mai.allocationSize;
+        if (visible) check(vkMapMemory(dev_, blk->mem, 0, VK_WHOLE_SIZE, 0, &blk->map), "vkMapMemory");
+        block_      = std::move(blk);
+        block_type_ = type;
+        off         = 0;
+        ++n_allocs_;
+    }
+    check(vkBindBufferMemory(dev_, b.buf_, block_->mem, off), "vkBindBufferMemory");
+    block_->used = off + req.size;
+    b.block_     = block_;
+    if (visible) b.map_ = (char*)block_->map + off;
+    return b;
 }
 
 void Device::upload(Buffer& dst, const void* src, uint64_t bytes, uint64_t dst_off) {

@@ -37,6 +37,8 @@ struct DeviceInfo {
     uint32_t                subgroup_size             = 0;
     uint64_t                max_storage_buffer_range  = 0;
     uint64_t                max_memory_allocation     = 0;
+    uint32_t                max_memory_allocation_count = 0; // live VkDeviceMemory objects (as low as 4096)
+    uint64_t                min_storage_offset_alignment = 0; // minStorageBufferOffsetAlignment
     uint32_t                max_workgroup_size[3]     = {0, 0, 0};
     uint32_t                max_workgroup_invocations = 0;
     uint32_t                max_workgroup_count[3]    = {0, 0, 0};
@@ -74,8 +76,17 @@ class Instance {
 
 class Device;
 
+// One VkDeviceMemory shared by several small buffers (Device::create_buffer), freed with the last of them.
+struct MemoryBlock {
+    VkDevice       dev  = VK_NULL_HANDLE;
+    VkDeviceMemory mem  = VK_NULL_HANDLE;
+    void*          map  = nullptr; // the whole block, when host-visible
+    uint64_t       size = 0, used = 0;
+    ~MemoryBlock();
+};
+
 // A storage buffer. Device-local; also mapped when the device is unified (lavapipe, integrated GPUs), else data goes
-// through a staging buffer (Device::upload / download).
+// through a staging buffer (Device::upload / download). Small buffers are placed in a shared MemoryBlock.
 class Buffer {
   public:
     Buffer() = default;
@@ -95,9 +106,10 @@ class Buffer {
     void           release();
     VkDevice       dev_  = VK_NULL_HANDLE;
     VkBuffer       buf_  = VK_NULL_HANDLE;
-    VkDeviceMemory mem_  = VK_NULL_HANDLE;
+    VkDeviceMemory mem_  = VK_NULL_HANDLE; // own memory; null when in a block
     uint64_t       size_ = 0;
     void*          map_  = nullptr;
+    std::shared_ptr<MemoryBlock> block_;   // the shared memory of a sub-allocated buffer
 };
 
 // A compute pipeline: descriptor set layout of `n_bindings` storage buffers (bindings 0..n−1), push constants of
@@ -202,8 +214,15 @@ class Device {
     VkDevice          handle() const { return dev_; }
     VkQueue           queue() const { return queue_; }
     uint32_t          queue_family() const { return qfam_; }
-    // Largest binding a shader may see (maxStorageBufferRange) and largest single buffer we allocate.
-    uint64_t max_binding_bytes() const { return info_.max_storage_buffer_range; }
+    // Largest binding a shader may see (maxStorageBufferRange, or less: set_max_binding_bytes) and largest single
+    // buffer we allocate.
+    uint64_t max_binding_bytes() const { return binding_limit_; }
+    // Lowers max_binding_bytes() below the device's limit (0: back to the device's), so that lavapipe exercises the
+    // paths of large models (weight sets split over several bindings). For tests; the environment variable
+    // MOEBIUS_VULKAN_MAX_BINDING (bytes) sets it when the device is opened.
+    void     set_max_binding_bytes(uint64_t bytes);
+    // VkDeviceMemory allocations made so far for create_buffer (blocks and dedicated ones; never decremented).
+    size_t   n_allocations() const { return n_allocs_; }
     uint64_t max_buffer_bytes() const { return info_.max_memory_allocation; }
     // Workgroup size for the row-reduction kernels: a power of two, a multiple of the subgroup size, ≤ the limit.
     uint32_t reduction_workgroup() const { return wg_; }
@@ -211,8 +230,10 @@ class Device {
     bool uses_staging() const { return staging_; }
 
     // A storage buffer of `bytes` (≥ 1). Throws UnsupportedError over max_buffer_bytes(), VulkanError when out of
-    // memory.
+    // memory. Buffers up to k_small_buffer bytes share k_block_bytes memory blocks (one VkDeviceMemory for many norms
+    // and biases: maxMemoryAllocationCount may be 4096), each at a multiple of minStorageBufferOffsetAlignment.
     Buffer create_buffer(uint64_t bytes);
+    static constexpr uint64_t k_small_buffer = 256 << 10, k_block_bytes = 16 << 20;
     // Host ↔ buffer copies (direct memcpy when mapped, else through a staging buffer and a transfer).
     void upload(Buffer& dst, const void* src, uint64_t bytes, uint64_t dst_off = 0);
     void download(const Buffer& src, void* dst, uint64_t bytes, uint64_t src_off = 0);
@@ -233,6 +254,7 @@ class Device {
     friend class CommandList;
     uint32_t find_memory_type(uint32_t type_bits, VkMemoryPropertyFlags want, VkMemoryPropertyFlags avoid) const;
     Buffer   allocate(uint64_t bytes, VkBufferUsageFlags usage, bool host_visible);
+    Buffer   allocate_small(uint64_t bytes, VkBufferUsageFlags usage);
 
     std::unique_ptr<Instance>        inst_;
     DeviceInfo                       info_;
@@ -242,6 +264,10 @@ class Device {
     uint32_t                         qfam_  = 0;
     uint32_t                         wg_    = 64;
     bool                             staging_ = false;
+    uint64_t                         binding_limit_ = 0;
+    size_t                           n_allocs_      = 0;
+    std::shared_ptr<MemoryBlock>     block_; // the block small buffers go to now
+    uint32_t                         block_type_ = 0;
     VkPhysicalDeviceMemoryProperties mem_{};
     VkPipelineCache                  cache_ = VK_NULL_HANDLE;
     Buffer                           dummy_;

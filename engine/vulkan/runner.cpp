@@ -2,6 +2,7 @@
 
 #include "engine/core/error.h"
 #include "engine/cpu/cejd_linear.h"
+#include "engine/cpu/kbvq_linear.h"
 #include "engine/vulkan/ops.h"
 
 #include <algorithm>
@@ -12,11 +13,13 @@ namespace moebius::vk {
 namespace {
 
 // Every buffer here is bound whole by some dispatch: refuse what one binding cannot hold before anything runs.
+// Weight sets (QWeights) and the embedding table are split to fit; norms, biases, the KV cache of a layer and the
+// activations of a k_max_chunk-token chunk are not (they are far below any real device's limit).
 Buffer bindable(Device& dev, uint64_t bytes, const char* what) {
     if (bytes > dev.max_binding_bytes())
-        throw UnsupportedError(std::string("vulkan: ") + what + " needs " + std::to_string(bytes >> 20) +
-                               " MiB in one binding, the device allows " +
-                               std::to_string(dev.max_binding_bytes() >> 20) + " MiB; splitting is not implemented");
+        throw UnsupportedError(std::string("vulkan: ") + what + " needs " + std::to_string(bytes >> 10) +
+                               " KiB in one binding, the device allows " +
+                               std::to_string(dev.max_binding_bytes() >> 10) + " KiB; it is not split");
     return dev.create_buffer(std::max<uint64_t>(bytes, 4));
 }
 
@@ -26,11 +29,53 @@ Buffer upload_f32(Device& dev, const std::vector<float>& v) {
     return b;
 }
 
+// The experts' `kind` (0 gate, 1 up, 2 down) when all are KBVQ of one group (one owner module: a loaded checkpoint
+// gives each expert its own copy of the owner's arrays, equal by construction), else empty.
+std::vector<const KbvqLinear*> kbvq_group(const std::vector<std::array<std::unique_ptr<Linear>, 3>>& experts,
+                                         int kind) {
+    std::vector<const KbvqLinear*> g;
+    std::string                    owner;
+    for (const auto& e : experts) {
+        const auto* k = dynamic_cast<const KbvqLinear*>(e[kind].get());
+        if (!k) return {};
+        const std::string o = k->packed_config().value("shared", std::string());
+        if (g.empty()) owner = o;
+        if (o != owner || k->rank() != dynamic_cast<const KbvqLinear&>(*experts[0][kind]).rank()) return {};
+        g.push_back(k);
+    }
+    return g;
+}
+
+// A KBVQ linear's coefficients as stored: q (rank, in) int8 and f16 row scales, padded with zero rows to `rank`.
+void append_kbvq_coef(const KbvqLinear& l, int rank, std::vector<int8_t>& q, std::vector<uint16_t>& scales) {
+    const size_t q0 = q.size(), s0 = scales.size();
+    for (const PackedTensor& t : l.packed_tensors()) {
+        const auto* b = t.bytes.data();
+        if (t.suffix == ".kbvq_coef") q.insert(q.end(), (const int8_t*)b, (const int8_t*)b + t.bytes.size());
+        if (t.suffix == ".kbvq_coef_scales")
+            scales.insert(scales.end(), (const uint16_t*)b, (const uint16_t*)b + t.bytes.size() / 2);
+    }
+    MOEBIUS_ASSERT(q.size() - q0 == (size_t)l.rank() * l.in_features() && scales.size() - s0 == (size_t)l.rank());
+    q.resize(q0 + (size_t)rank * l.in_features(), 0);
+    scales.resize(s0 + rank, 0);
+}
+
+// The group's basis (rows, rank) padded with zero columns, then γ (rows), β (rows; zeros without a bias): appended.
+void append_kbvq_affine(const KbvqShared& sh, int rows, int rank, std::vector<float>& basis, std::vector<float>& gamma,
+                        std::vector<float>& beta) {
+    for (int o = 0; o < rows; ++o)
+        for (int q = 0; q < rank; ++q) basis.push_back(q < sh.rank ? sh.basis[(size_t)o * sh.rank + q] : 0.f);
+    gamma.insert(gamma.end(), sh.gamma.begin(), sh.gamma.end());
+    if (sh.beta.empty()) beta.resize(beta.size() + rows, 0.f);
+    else beta.insert(beta.end(), sh.beta.begin(), sh.beta.end());
+}
+
 } // namespace
 
 QWeights Runner::upload(const std::vector<const Linear*>& lins, int out, const std::string& what) {
     QWeights q = QWeights::upload(dev_, lins, out);
     if (!q.note.empty()) notes_.push_back(what + ": " + q.note);
+    if (q.n_parts() > 1) ++split_sets_;
     return q;
 }
 
@@ -53,7 +98,17 @@ Runner::Runner(Device& dev, const Model& model, int n_ctx) : dev_(dev), spec_(mo
         if (!model.layer_loaded(il))
             throw Error("vulkan: layer " + std::to_string(il) + " is not loaded (lazily loaded model)");
 
-    embed_      = upload_f32(dev_, model.embeddings());
+    {
+        // The embedding table (n_vocab, H) in row ranges that fit one binding each (one embed dispatch per part).
+        const auto&    t   = model.embeddings();
+        const uint64_t row = (uint64_t)s.n_embd * 4;
+        embed_rows_        = (int)std::min<uint64_t>(s.n_vocab, std::max<uint64_t>(1, dev_.max_binding_bytes() / row));
+        for (int v0 = 0; v0 < s.n_vocab; v0 += embed_rows_) {
+            const int rows = std::min(embed_rows_, s.n_vocab - v0);
+            embed_.push_back(upload_f32(dev_, std::vector<float>(t.begin() + (int64_t)v0 * s.n_embd,
+                                                                 t.begin() + (int64_t)(v0 + rows) * s.n_embd)));
+        }
+    }
     final_norm_ = upload_f32(dev_, model.final_norm());
     lm_head_    = upload({&model.lm_head()}, s.n_vocab, "lm_head");
     inv_freq_   = model.rope_inv_freq();
@@ -89,11 +144,18 @@ Runner::Runner(Device& dev, const Model& model, int n_ctx) : dev_(dev), spec_(mo
             const CejdLinear* cd = shared_basis_group(L.experts, 2, false);
             const bool        in_side = cg && cu && cg->rank() == cu->rank();
             auto part = [](const Linear* l, bool use) { return use ? &static_cast<const CejdLinear*>(l)->residual() : l; };
+            // KBVQ's groups: the kernels take the VQ residuals, the coefficients, basis and affine go up below.
+            const auto kg = kbvq_group(L.experts, 0), ku = kbvq_group(L.experts, 1), kd = kbvq_group(L.experts, 2);
+            G.kb_gu       = !kg.empty() && !ku.empty();
+            G.kb_down     = !kd.empty();
+            auto kpart    = [](const Linear* l, bool use) {
+                return use ? &static_cast<const KbvqLinear*>(l)->residual() : l;
+            };
             std::vector<const Linear*> gu, down;
             for (const auto& e : L.experts) {
-                gu.push_back(part(e[0].get(), in_side));
-                gu.push_back(part(e[1].get(), in_side));
-                down.push_back(part(e[2].get(), cd != nullptr));
+                gu.push_back(kpart(part(e[0].get(), in_side), G.kb_gu));
+                gu.push_back(kpart(part(e[1].get(), in_side), G.kb_gu));
+                down.push_back(kpart(part(e[2].get(), cd != nullptr), G.kb_down));
             }
             G.experts_gu   = upload(gu, s.n_ff_expert, pre + "experts gate/up");
             G.experts_down = upload(down, s.n_embd, pre + "experts down");
@@ -115,7 +177,42 @@ Runner::Runner(Device& dev, const Model& model, int n_ctx) : dev_(dev), spec_(mo
                 G.coef_down  = upload(coefs, G.rank_down, pre + "experts down coefficients");
                 G.basis_down = upload({cd->basis().get()}, s.n_embd, pre + "experts down basis");
             }
-            max_rank_ = std::max({max_rank_, G.rank_gu, G.rank_down});
+            if (G.kb_gu) {
+                const int E = (int)L.experts.size(), r = std::max(kg[0]->rank(), ku[0]->rank());
+                G.kb_rank_gu = r;
+                if (r > 0) {
+                    std::vector<int8_t>   q; // (E·2r, H): expert e's gate rows then up rows
+                    std::vector<uint16_t> sc;
+                    for (int e = 0; e < E; ++e) {
+                        append_kbvq_coef(*kg[e], r, q, sc);
+                        append_kbvq_coef(*ku[e], r, q, sc);
+                    }
+                    G.kb_coef_gu = QWeights::upload_int8_rows(dev_, q, sc, 1, E * 2 * r, s.n_embd);
+                }
+                std::vector<float> basis, gamma, beta; // (2F, r), (2F), (2F): gate's rows then up's
+                append_kbvq_affine(*kg[0]->shared(), s.n_ff_expert, r, basis, gamma, beta);
+                append_kbvq_affine(*ku[0]->shared(), s.n_ff_expert, r, basis, gamma, beta);
+                basis.insert(basis.end(), gamma.begin(), gamma.end());
+                basis.insert(basis.end(), beta.begin(), beta.end());
+                G.kb_aff_gu = upload_f32(dev_, basis);
+                max_z_      = std::max(max_z_, E * 2 * r);
+            }
+            if (G.kb_down) {
+                const int r     = kd[0]->rank();
+                G.kb_rank_down = r;
+                if (r > 0) {
+                    std::vector<int8_t>   q; // (E, r, F)
+                    std::vector<uint16_t> sc;
+                    for (const KbvqLinear* l : kd) append_kbvq_coef(*l, r, q, sc);
+                    G.kb_coef_down = QWeights::upload_int8_rows(dev_, q, sc, (int)kd.size(), r, s.n_ff_expert);
+                }
+                std::vector<float> basis, gamma, beta; // (H, r), (H), (H)
+                append_kbvq_affine(*kd[0]->shared(), s.n_embd, r, basis, gamma, beta);
+                basis.insert(basis.end(), gamma.begin(), gamma.end());
+                basis.insert(basis.end(), beta.begin(), beta.end());
+                G.kb_aff_down = upload_f32(dev_, basis);
+            }
+            max_rank_ = std::max({max_rank_, G.rank_gu, G.rank_down, G.kb_rank_down});
             if (L.shared_gate) {
                 G.ffn_gu   = upload({L.shared_gate.get(), L.shared_up.get()}, s.n_ff_shared, pre + "shared gate/up");
                 G.ffn_down = upload({L.shared_down.get()}, s.n_embd, pre + "shared down");
@@ -180,7 +277,7 @@ void Runner::ensure_scratch(int n) {
     last_    = bindable(dev_, (uint64_t)s.n_embd * f, "an activation buffer");
     logits_  = bindable(dev_, cap * s.n_vocab * f, "an activation buffer");
     tokens_  = bindable(dev_, cap * 4, "an activation buffer");
-    lz_      = bindable(dev_, cap * 2 * std::max(max_rank_, 1) * f, "an activation buffer");
+    lz_      = bindable(dev_, cap * std::max({2 * max_rank_, max_z_, 1}) * f, "an activation buffer");
     lv_      = bindable(dev_, cap * std::max(max_rank_, 1) * f, "an activation buffer");
     cap_     = n;
 }
@@ -215,7 +312,9 @@ void Runner::forward_chunk(const int32_t* tokens, int n, float* logits, bool log
     const int   H = s.n_embd, K = s.n_expert_used, E = s.n_expert;
     CommandList cl(dev_);
     if (profiling_) cl.enable_timing();
-    embed(dev_, cl, tokens_, n, embed_, H, x_);
+    for (size_t p = 0; p < embed_.size(); ++p)
+        embed(dev_, cl, tokens_, n, embed_[p], H, x_, (int)p * embed_rows_,
+              std::min(embed_rows_, s.n_vocab - (int)p * embed_rows_));
     size_t layer_start = cl.n_dispatches();
     for (int il = 0; il < s.n_layer; ++il) {
         Layer& G = layers_[il];
@@ -224,9 +323,15 @@ void Runner::forward_chunk(const int32_t* tokens, int n, float* logits, bool log
         const float eps = s.rms_eps;
         linear(dev_, cl, G.qkv, 0, x_, n, qkv_, {.bias = G.bqkv ? &G.bqkv : nullptr, .norm = &G.attn_norm, .eps = eps});
         cl.label("qkv_proj");
-        qk_rope(dev_, cl, qkv_, n, n_past_, shape_, qk_mode_, G.q_norm ? &G.q_norm : nullptr,
-                G.k_norm ? &G.k_norm : nullptr, s.rms_eps, s.clip_qkv, rope_, q_, G.k_cache, G.v_cache);
-        attention(dev_, cl, q_, G.k_cache, G.v_cache, n, n_past_, shape_, n_ctx_, scores_, attn_);
+        if (n == 1 && shape_.head_dim <= 256) { // decode: q/k norm + RoPE inside attention, one dispatch
+            attention_rope(dev_, cl, qkv_, n_past_, shape_, qk_mode_, G.q_norm ? &G.q_norm : nullptr,
+                           G.k_norm ? &G.k_norm : nullptr, s.rms_eps, s.clip_qkv, rope_, G.k_cache, G.v_cache, n_ctx_,
+                           scores_, attn_);
+        } else {
+            qk_rope(dev_, cl, qkv_, n, n_past_, shape_, qk_mode_, G.q_norm ? &G.q_norm : nullptr,
+                    G.k_norm ? &G.k_norm : nullptr, s.rms_eps, s.clip_qkv, rope_, q_, G.k_cache, G.v_cache);
+            attention(dev_, cl, q_, G.k_cache, G.v_cache, n, n_past_, shape_, n_ctx_, scores_, attn_);
+        }
         linear(dev_, cl, G.o, 0, attn_, n, x_, {.bias = G.bo ? &G.bo : nullptr, .residual = true});
         cl.label("o_proj");
         // out = h + FFN(RMSNorm(h))
@@ -240,7 +345,27 @@ void Runner::forward_chunk(const int32_t* tokens, int n, float* logits, bool log
                 cl.label("basis_gate_up");
                 lr = {&lz_, &G.coef_gu, G.rank_gu};
             }
-            moe_gate_up(dev_, cl, x_, n, &ids_, K, G.experts_gu, h_, lr, fn);
+            KbvqAffine kgu, kdown;
+            if (G.kb_gu) {
+                if (G.kb_rank_gu) {
+                    linear(dev_, cl, G.kb_coef_gu, 0, x_, n, lz_, {.norm = &G.ffn_norm, .eps = eps});
+                    cl.label("kbvq_coef_gate_up");
+                }
+                kgu = {&lz_, &G.kb_aff_gu, G.kb_rank_gu, E * 2 * G.kb_rank_gu};
+            }
+            // The shared expert rides in the routed experts' two dispatches (SharedExpert) unless one of its sets is
+            // split or MoBiE's down basis must land between the routed sum and the shared output (the CPU's order).
+            const bool   fuse = G.ffn_gu.n_mats && G.ffn_gu.n_parts() == 1 && G.ffn_down.n_parts() == 1 && !G.rank_down;
+            SharedExpert se;
+            if (fuse) se = {&G.ffn_gu, &G.ffn_down, &hs_, G.shared_gated ? &rlogits_ : nullptr, stride, E};
+            moe_gate_up(dev_, cl, x_, n, &ids_, K, G.experts_gu, h_, lr, fn, kgu, se);
+            if (G.kb_down) {
+                if (G.kb_rank_down) {
+                    moe_down(dev_, cl, h_, ids_, topw_, n, K, G.kb_coef_down, lv_, false);
+                    cl.label("kbvq_coef_down");
+                }
+                kdown = {&lv_, &G.kb_aff_down, G.kb_rank_down};
+            }
             // Down's shared basis: v = Σ_j w_j C_e h_j (moe_down over the coefficients), then y += B v.
             auto down_basis = [&](Buffer& y) {
                 if (!G.rank_down) return;
@@ -249,10 +374,12 @@ void Runner::forward_chunk(const int32_t* tokens, int n, float* logits, bool log
                 linear(dev_, cl, G.basis_down, 0, lv_, n, y, {.residual = true});
                 cl.label("basis_down");
             };
-            if (G.ffn_gu.n_mats) {
+            if (fuse) {
+                moe_down(dev_, cl, h_, ids_, topw_, n, K, G.experts_down, x_, true, kdown, se);
+            } else if (G.ffn_gu.n_mats) {
                 moe_gate_up(dev_, cl, x_, n, nullptr, 1, G.ffn_gu, hs_, {}, fn);
                 cl.label("shared_gate_up");
-                moe_down(dev_, cl, h_, ids_, topw_, n, K, G.experts_down, delta_, false);
+                moe_down(dev_, cl, h_, ids_, topw_, n, K, G.experts_down, delta_, false, kdown);
                 down_basis(delta_);
                 // x += routed + sigmoid(gate) · shared, the CPU's order.
                 Epilogue ep{.add = &delta_, .residual = true};
@@ -264,7 +391,7 @@ void Runner::forward_chunk(const int32_t* tokens, int n, float* logits, bool log
                 linear(dev_, cl, G.ffn_down, 0, hs_, n, x_, ep);
                 cl.label("shared_down");
             } else {
-                moe_down(dev_, cl, h_, ids_, topw_, n, K, G.experts_down, x_, true);
+                moe_down(dev_, cl, h_, ids_, topw_, n, K, G.experts_down, x_, true, kdown);
                 down_basis(x_);
             }
         } else {

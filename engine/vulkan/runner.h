@@ -35,6 +35,8 @@ class Runner final : public Session {
     const std::vector<std::string>& notes() const { return notes_; }
     // Dispatches recorded by the last forward call, and of those, per decoder layer (the same for every MoE layer).
     size_t last_dispatches() const { return last_dispatches_; }
+    // Weight sets split over several bindings because one exceeds Device::max_binding_bytes() (QWeights::more).
+    size_t split_sets() const { return split_sets_; }
     size_t last_layer_dispatches() const { return last_layer_dispatches_; }
 
     // Device time per kernel over the forward calls made while profiling is on (timestamps after every command):
@@ -65,6 +67,14 @@ class Runner final : public Session {
         int      rank_gu = 0, rank_down = 0; // 0: not on that side
         QWeights basis_gu, basis_down, coef_down;
         Buffer   coef_gu;
+        // KBVQ (kbvq_linear.h), per side when every routed expert of that kind is KBVQ of one group: experts_gu /
+        // experts_down then hold the VQ residuals. gate/up: c = C x for every expert by one linear over kb_coef_gu
+        // (1, n_expert·2r, H), then basis, γ, β inside moe_gate_up; down: v = Σ_j w_j C_e h_j by moe_down over
+        // kb_coef_down (n_expert, r, F), then basis, γ, β inside the experts' moe_down. Affines: see KbvqAffine.
+        bool     kb_gu = false, kb_down = false;
+        int      kb_rank_gu = 0, kb_rank_down = 0; // gate's and up's rank padded to one (zero rows)
+        QWeights kb_coef_gu, kb_coef_down;
+        Buffer   kb_aff_gu, kb_aff_down;
         bool     shared_gated = false;
         Buffer   k_cache, v_cache; // (n_ctx, kv_dim)
     };
@@ -80,7 +90,10 @@ class Runner final : public Session {
     AttnShape          shape_;
     QkNormMode         qk_mode_ = QkNormMode::None;
     int                n_ctx_ = 0, n_past_ = 0, cap_ = 0;
-    Buffer             embed_, final_norm_, rope_;
+    std::vector<Buffer> embed_; // (n_vocab, H) in parts of embed_rows_ rows, each within one binding
+    int                 embed_rows_ = 0;
+    size_t              split_sets_ = 0;
+    Buffer             final_norm_, rope_;
     QWeights           lm_head_;
     std::vector<Layer> layers_;
     std::vector<float> inv_freq_;
@@ -89,7 +102,7 @@ class Runner final : public Session {
     // last (1, H); logits (cap, n_vocab); tokens (cap); lz (cap, 2r), lv (cap, r): MoBiE's basis activations.
     Buffer x_, qkv_, q_, attn_, scores_, rlogits_, ids_, topw_, h_, hs_, delta_, last_, logits_, tokens_;
     Buffer lz_, lv_;
-    int    max_rank_ = 0;
+    int    max_rank_ = 0, max_z_ = 0; // lz_ holds max(2·max_rank_, max_z_) per token
     std::vector<std::string> notes_;
     size_t                   last_dispatches_ = 0, last_layer_dispatches_ = 0;
     bool                     profiling_ = false;

@@ -356,8 +356,9 @@ TEST(VulkanModelOps, QkNormRopeAttentionPrefillAndDecode) {
         auto kcb = dev->create_buffer(kc.size() * 4), vcb = dev->create_buffer(vc.size() * 4);
         auto scores = dev->create_buffer((size_t)8 * s.n_head * n_ctx * 4);
         int  n_past = 0;
-        // Prefill 9 tokens, then decode batches of 1..3, then one of 8.
-        for (int n : {9, 1, 2, 3, 8}) {
+        // Prefill 9 tokens, then decode batches of 1..3, then one of 7. Single tokens go through attention_rope (the
+        // runner's decode: qk_rope's step inside attention), the rest through qk_rope then attention.
+        for (int n : {9, 1, 2, 1, 3, 7}) {
             auto qkv  = randn((size_t)n * w, 50 + n_past);
             auto qkvb = dev->upload_vector(qkv);
             auto qb = dev->create_buffer((size_t)n * qd * 4), ob = dev->create_buffer((size_t)n * qd * 4);
@@ -369,8 +370,13 @@ TEST(VulkanModelOps, QkNormRopeAttentionPrefillAndDecode) {
             }
             cpu_attention(s, c.mode, qn, kn, 1e-6f, c.clip, invf, qkv, n, n_past, kc, vc, ref);
             vk::CommandList cl(*dev);
-            vk::qk_rope(*dev, cl, qkvb, n, n_past, s, c.mode, &qnb, &knb, 1e-6f, c.clip, ropeb, qb, kcb, vcb);
-            vk::attention(*dev, cl, qb, kcb, vcb, n, n_past, s, n_ctx, *sb, ob);
+            if (n == 1) {
+                vk::attention_rope(*dev, cl, qkvb, n_past, s, c.mode, &qnb, &knb, 1e-6f, c.clip, ropeb, kcb, vcb,
+                                   n_ctx, *sb, ob);
+            } else {
+                vk::qk_rope(*dev, cl, qkvb, n, n_past, s, c.mode, &qnb, &knb, 1e-6f, c.clip, ropeb, qb, kcb, vcb);
+                vk::attention(*dev, cl, qb, kcb, vcb, n, n_past, s, n_ctx, *sb, ob);
+            }
             cl.submit_and_wait();
             n_past += n;
             const size_t used = (size_t)n_past * kvd;

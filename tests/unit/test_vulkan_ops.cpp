@@ -223,6 +223,38 @@ TEST(VulkanDevice, BuffersAndLimits) {
     EXPECT_THROW(dev->pipeline("no_such_shader", 1, 0), NotFoundError);
 }
 
+// Small buffers share memory blocks (maxMemoryAllocationCount may be 4096: a large model has more norms and biases),
+// each at a multiple of minStorageBufferOffsetAlignment, and keep their own contents; a kernel reads and writes them.
+TEST(VulkanDevice, SmallBuffersShareAllocations) {
+    VULKAN_DEVICE_OR_RETURN(dev);
+    const size_t        before = dev->n_allocations();
+    std::vector<Buffer> bs;
+    for (int i = 0; i < 300; ++i) bs.push_back(dev->upload_vector(std::vector<float>(37 + i % 5, (float)i)));
+    EXPECT_LE(dev->n_allocations() - before, 1u); // 300 small buffers: one 16 MiB block at most
+    const uint64_t align = std::max<uint64_t>(dev->info().min_storage_offset_alignment, 4);
+    for (int i = 0; i < 300; ++i) {
+        EXPECT_EQ(download(*dev, bs[i], 37 + i % 5), std::vector<float>(37 + i % 5, (float)i)) << i;
+        if (bs[i].mapped() && bs[0].mapped() && i > 0) {
+            const auto d = (char*)bs[i].mapped() - (char*)bs[i - 1].mapped();
+            EXPECT_EQ(d % (std::ptrdiff_t)align, 0) << i;
+            EXPECT_GE(d, (std::ptrdiff_t)bs[i - 1].size()) << i; // no overlap with the previous buffer
+        }
+    }
+    // y = silu(g) ⊙ u over three neighbouring sub-allocated buffers.
+    auto        g = random_vec(37, 2), u = random_vec(37, 3);
+    Buffer      bg = dev->upload_vector(g), bu = dev->upload_vector(u), by = dev->create_buffer(37 * 4);
+    CommandList cl(*dev);
+    vk::silu_mul(*dev, cl, bg, bu, 37, by);
+    cl.submit_and_wait();
+    const auto y = download(*dev, by, 37);
+    for (int i = 0; i < 37; ++i) EXPECT_NEAR(y[i], g[i] / (1 + std::exp(-g[i])) * u[i], 1e-5 * (1 + std::fabs(y[i])));
+    EXPECT_EQ(download(*dev, bs[299], 41), std::vector<float>(41, 299.f)); // neighbours untouched
+    // A large buffer gets its own allocation.
+    const size_t n0 = dev->n_allocations();
+    Buffer       big = dev->create_buffer(Device::k_small_buffer + 4);
+    EXPECT_EQ(dev->n_allocations(), n0 + 1);
+}
+
 // The discrete-GPU memory path (unmapped device buffers, staging copies through a transfer) forced on this device.
 TEST(VulkanDevice, StagingPath) {
     VULKAN_DEVICE_OR_RETURN(shared);

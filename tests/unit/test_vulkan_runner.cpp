@@ -2,8 +2,9 @@
 // family (random tiny models: Qwen3 per-head q/k norm, OLMoE full q/k norm, DeepSeek dense first layer and shared
 // experts, Mixtral renormalised routing) and the bundled Qwen2-MoE (biases, gated shared expert); greedy generation
 // token for token; perplexity within 0.5 % (in fact 1e-4) for the f32 model and each quantization method's output
-// (nbit, binary, vq kernels, MoBiE's shared bases); the multiple-choice scorer on the runner; batch invariance and
-// repeat-run determinism. Missing-device policy as test_vulkan_ops.cpp.
+// (nbit, binary, vq kernels, MoBiE's and KBVQ's shared bases); the multiple-choice scorer on the runner; batch
+// invariance and repeat-run determinism; weight sets split over bindings (a lowered binding limit). Missing-device
+// policy as test_vulkan_ops.cpp.
 #include <gtest/gtest.h>
 
 #if MOEBIUS_HAS_VULKAN
@@ -13,12 +14,15 @@
 #include "engine/cpu/model.h"
 #include "engine/cpu/binary_linear.h"
 #include "engine/cpu/cejd_linear.h"
+#include "engine/cpu/kbvq_linear.h"
+#include "engine/core/dtype.h"
 #include "engine/cpu/nbit_linear.h"
 #include "engine/eval/perplexity.h"
 #include "engine/eval/tasks.h"
 #include "engine/vulkan/runner.h"
 #include "engine/cpu/vq_linear.h"
 #include "quantizer/calibration/calibration_data.h"
+#include "quantizer/format/checkpoint_writer.h"
 #include "quantizer/pipeline.h"
 #include "random_binary.h"
 #include "test_util.h"
@@ -72,6 +76,82 @@ std::vector<int32_t> test_text_ids(size_t n) {
     return ids;
 }
 
+// The bundled model with VQ (D = 2, 2 bits, row scales) in every linear but the router: random codebooks and
+// indices of the weights' scale; q | k | v stack into one matrix, their 32-row codebook blocks lining up.
+std::unique_ptr<Model> random_vq_model() {
+    auto         m = Model::load(test::bundled_model());
+    std::mt19937 rng(3);
+    auto         vq = [&](const Linear& l) {
+        VqWeights w;
+        w.out = l.out_features(), w.in = l.in_features(), w.dim = 2, w.bits = 2, w.group_cols = 64;
+        w.rows_per_codebook = 32;
+        w.codebooks.resize((size_t)w.n_codebooks() * w.k() * w.dim);
+        for (auto& c : w.codebooks) c = std::ldexp((float)((int)(rng() % 256) - 128), -11); // f16-exact, ~0.03
+        w.codes.resize((size_t)w.out * (w.in / w.dim));
+        for (auto& c : w.codes) c = (uint16_t)(rng() % w.k());
+        w.scales.assign(w.out, 1.0f);
+        return std::make_unique<VqLinear>(w);
+    };
+    for (int il = 0; il < m->spec().n_layer; ++il) {
+        LayerWeights& L = m->layer(il);
+        for (auto& e : L.experts)
+            for (auto& l : e) l = vq(*l);
+        for (auto* l : {&L.shared_gate, &L.shared_up, &L.shared_down, &L.o, &L.q, &L.k, &L.v}) *l = vq(**l);
+    }
+    return m;
+}
+
+// The bundled model with KBVQ (kbvq_linear.h) routed experts: random VQ residuals, 8-bit coefficients and f16-exact
+// shared basis, γ, β of the weights' scale. Layer 0: gate rank 3 with β, up rank 2 without (padded to one rank on the
+// device), down rank 4 with β; layer 1: rank 0 (γ, β only); layers 2, 3: rank 2, each expert holding its own copy of
+// the owner's arrays, as a loaded checkpoint does.
+std::unique_ptr<Model> random_kbvq_model() {
+    auto         m = Model::load(test::bundled_model());
+    std::mt19937 rng(11);
+    auto         f16v = [&](int lo, int hi, int e) {
+        return std::ldexp((float)(lo + (int)(rng() % (hi - lo))), e);
+    };
+    auto         residual = [&](const Linear& l) {
+        VqWeights w;
+        w.out = l.out_features(), w.in = l.in_features(), w.dim = 2, w.bits = 2, w.group_cols = 64;
+        w.rows_per_codebook = 32;
+        w.codebooks.resize((size_t)w.n_codebooks() * w.k() * w.dim);
+        for (auto& c : w.codebooks) c = f16v(-128, 128, -11);
+        w.codes.resize((size_t)w.out * (w.in / w.dim));
+        for (auto& c : w.codes) c = (uint16_t)(rng() % w.k());
+        return w;
+    };
+    auto shared = [&](int out, int rank, bool bias) {
+        auto sh  = std::make_shared<KbvqShared>();
+        sh->rank = rank;
+        for (int i = 0; i < out * rank; ++i) sh->basis.push_back(f16v(-64, 64, -6));
+        for (int i = 0; i < out; ++i) sh->gamma.push_back(f16v(768, 1280, -10)); // 0.75..1.25
+        if (bias)
+            for (int i = 0; i < out; ++i) sh->beta.push_back(f16v(-64, 64, -10));
+        return sh;
+    };
+    for (int il = 0; il < m->spec().n_layer; ++il) {
+        LayerWeights& L  = m->layer(il);
+        const int     rk[3]   = {il == 0 ? 3 : il == 1 ? 0 : 2, il == 0 ? 2 : il == 1 ? 0 : 2,
+                                 il == 0 ? 4 : il == 1 ? 0 : 2}; // gate, up, down
+        const bool    bias[3] = {true, il != 0, true};
+        for (int kind = 0; kind < 3; ++kind) {
+            const int out = L.experts[0][kind]->out_features(), in = L.experts[0][kind]->in_features();
+            std::shared_ptr<KbvqShared> sh  = shared(out, rk[kind], bias[kind]);
+            for (size_t e = 0; e < L.experts.size(); ++e) {
+                KbvqPacked p;
+                p.rank = rk[kind], p.owner = "g" + std::to_string(kind), p.is_owner = e == 0;
+                for (int i = 0; i < rk[kind] * in; ++i) p.coef.push_back((int8_t)((int)(rng() % 255) - 127));
+                for (int i = 0; i < rk[kind]; ++i) p.coef_scales.push_back(f32_to_f16(f16v(1, 64, -12)));
+                // Layers ≥ 2: a copy per expert (equal values), as Model::load gives them.
+                auto own = il >= 2 ? std::make_shared<KbvqShared>(*sh) : sh;
+                L.experts[e][kind] = std::make_unique<KbvqLinear>(residual(*L.experts[e][kind]), std::move(p), own);
+            }
+        }
+    }
+    return m;
+}
+
 } // namespace
 
 TEST(VulkanRunner, LogitsMatchCpuEveryFamily) {
@@ -87,6 +167,52 @@ TEST(VulkanRunner, LogitsMatchCpuEveryFamily) {
     std::vector<int32_t> longer;
     for (int i = 0; i < 70; ++i) longer.push_back(k_prompt[i % k_prompt.size()] + i);
     expect_same_logits(*dev, *m, longer, 1, 2e-5);
+}
+
+TEST(VulkanRunner, WeightSetsSplitOverBindingsMatchCpu) {
+    // A device whose bindings hold 64 KiB, 128 KiB for vq (Device::set_max_binding_bytes): every weight set above
+    // that — experts, shared expert, q/k/v, lm_head, the embedding table — is split by rows into parts applied one
+    // dispatch each. The logits must match the CPU's and the unsplit runner's: every row's dot product is the same,
+    // so they agree bit for bit except where a split shared expert leaves the routed experts' dispatches (SharedExpert)
+    // for its own, whose f32 rounding (FMA contraction) may differ in the last bit. f32 weights (random DeepSeek-MoE: dense first layer, shared experts), the bundled model's bf16, nbit
+    // (rtn 4-bit), vq (parts of whole 32-row codebook blocks) and KBVQ (vq residuals, 8-bit coefficients). 7 tokens:
+    // the (7, n_vocab) logits fit one binding.
+    VK_DEVICE_OR_SKIP(dev);
+    struct Restore {
+        vk::Device* d;
+        ~Restore() { d->set_max_binding_bytes(0); }
+    } restore{dev};
+    const std::vector<int32_t> prompt(k_prompt.begin(), k_prompt.begin() + 7);
+    const char* names[] = {"f32", "bf16", "rtn", "vq", "kbvq"};
+    for (int pass = 0; pass < 5; ++pass) {
+        SCOPED_TRACE(names[pass]);
+        auto m = pass == 0   ? Model::load(test::random_model("deepseekmoe"))
+                 : pass == 3 ? random_vq_model()
+                 : pass == 4 ? random_kbvq_model()
+                             : Model::load(test::bundled_model());
+        if (pass == 2) {
+            quant::QuantizeOptions opt;
+            opt.method = "rtn";
+            quant::quantize_model(*m, quant::CalibrationSet{}, opt);
+        }
+        const int          V = m->spec().n_vocab, n = (int)prompt.size();
+        std::vector<float> whole((size_t)n * V), split((size_t)n * V);
+        dev->set_max_binding_bytes(0);
+        {
+            vk::Runner r(*dev, *m, 16);
+            EXPECT_EQ(r.split_sets(), 0u);
+            r.forward(prompt.data(), n, whole.data(), true);
+        }
+        // vq parts are whole 32-row codebook blocks: 32 rows of the 32 expert gate/up matrices are 64 KiB of indices.
+        dev->set_max_binding_bytes(pass >= 3 ? 128 << 10 : 64 << 10);
+        vk::Runner r(*dev, *m, 16);
+        EXPECT_GE(r.split_sets(), 3u);
+        EXPECT_TRUE(r.notes().empty()) << r.notes().front();
+        r.forward(prompt.data(), n, split.data(), true);
+        EXPECT_LT(max_rel(split.data(), whole.data(), split.size()), 1e-6);
+        EXPECT_GT(r.last_layer_dispatches(), pass == 0 ? 7u : 10u); // one dispatch per part
+        expect_same_logits(*dev, *m, prompt, 2, 2e-5);
+    }
 }
 
 TEST(VulkanRunner, BatchInvariantAndDeterministic) {
@@ -110,11 +236,12 @@ TEST(VulkanRunner, BatchInvariantAndDeterministic) {
     std::vector<float> again((size_t)n * V);
     r.forward(k_prompt.data(), n, again.data(), true);
     EXPECT_EQ(again, all) << "repeat run";
-    // A decode step records the same dispatches in every MoE layer: 9 with Qwen2-MoE's gated shared expert (the
-    // RMSNorms run inside the kernels that read them, routing is one dispatch).
+    // A decode step records the same dispatches in every MoE layer: 6 with Qwen2-MoE's gated shared expert (the
+    // RMSNorms run inside the kernels that read them, q/k norm + RoPE inside attention, routing is one dispatch, the
+    // shared expert rides in the routed experts' gate/up and down dispatches).
     std::vector<float> l(V);
     r.forward(k_prompt.data(), 1, l.data(), false);
-    EXPECT_EQ(r.last_layer_dispatches(), 9u);
+    EXPECT_EQ(r.last_layer_dispatches(), 6u);
     EXPECT_THROW(r.forward(std::vector<int32_t>{V}.data(), 1, l.data(), false), InputError);
 }
 
@@ -180,29 +307,10 @@ TEST(VulkanRunner, MultipleChoiceMatchesCpu) {
 
 TEST(VulkanRunner, VqBinaryAndSharedBasisKernelsMatchCpu) {
     VK_DEVICE_OR_SKIP(dev);
-    // VQ (D = 2, 2 bits, row scales) in every linear but the router: random codebooks and indices of the weights'
-    // scale (what matters is that the runner's vq kernels compute what VqLinear computes); q | k | v stacked into
-    // one matrix, their 32-row codebook blocks lining up.
+    // VQ in every linear but the router (random_vq_model): what matters is that the runner's vq kernels compute what
+    // VqLinear computes.
     {
-        auto         m = Model::load(test::bundled_model());
-        std::mt19937 rng(3);
-        auto         vq = [&](const Linear& l) {
-            VqWeights w;
-            w.out = l.out_features(), w.in = l.in_features(), w.dim = 2, w.bits = 2, w.group_cols = 64;
-            w.rows_per_codebook = 32;
-            w.codebooks.resize((size_t)w.n_codebooks() * w.k() * w.dim);
-            for (auto& c : w.codebooks) c = std::ldexp((float)((int)(rng() % 256) - 128), -11); // f16-exact, ~0.03
-            w.codes.resize((size_t)w.out * (w.in / w.dim));
-            for (auto& c : w.codes) c = (uint16_t)(rng() % w.k());
-            w.scales.assign(w.out, 1.0f);
-            return std::make_unique<VqLinear>(w);
-        };
-        for (int il = 0; il < m->spec().n_layer; ++il) {
-            LayerWeights& L = m->layer(il);
-            for (auto& e : L.experts)
-                for (auto& l : e) l = vq(*l);
-            for (auto* l : {&L.shared_gate, &L.shared_up, &L.shared_down, &L.o, &L.q, &L.k, &L.v}) *l = vq(**l);
-        }
+        auto       m = random_vq_model();
         vk::Runner r(*dev, *m, 16);
         EXPECT_TRUE(r.notes().empty()) << r.notes().front();
         expect_same_logits(*dev, *m, k_prompt, 2, 2e-5);
@@ -248,24 +356,39 @@ TEST(VulkanRunner, VqBinaryAndSharedBasisKernelsMatchCpu) {
         EXPECT_TRUE(r.notes().empty()) << r.notes().front();
         expect_same_logits(*dev, *m, k_prompt, 2, 2e-5);
     }
+    // KBVQ in the routed experts (random_kbvq_model): the kernels must give the CPU's logits, nothing dequantized.
+    {
+        auto m = random_kbvq_model();
+        vk::Runner r(*dev, *m, 16);
+        EXPECT_TRUE(r.notes().empty()) << r.notes().front();
+        expect_same_logits(*dev, *m, k_prompt, 2, 2e-5);
+    }
 }
 
 TEST(VulkanRunner, QuantizedCheckpointsPerplexityMatchesCpu) {
     // Every method's real output (tiny calibration) on the runner: GPTQ (nbit kernels), BiLLM and ARB-RC (binary
-    // kernels), GPTVQ (vq kernels), MoBiE (binary residuals, its shared bases applied once per token). Nothing is
-    // dequantized at upload.
+    // kernels), GPTVQ (vq kernels), MoBiE (binary residuals, its shared bases applied once per token), KBVQ (vq
+    // residuals, its output-side bases and channel affine inside the expert kernels). Nothing is dequantized at upload.
     VK_DEVICE_OR_SKIP(dev);
     const auto ids   = test_text_ids(64);
     auto       tok   = Tokenizer::from_file(test::bundled_model() / "tokenizer.json");
     auto       train = tok.encode(test::read_text(test::resources_dir() / "corpus" / "train.txt").substr(0, 100000));
     const auto calib = quant::random_windows(train, 2, 64, 7, "train.txt");
-    for (const std::string method : {"gptq", "billm", "arb-rc", "gptvq", "mobie"}) {
+    for (const std::string method : {"gptq", "billm", "arb-rc", "gptvq", "mobie", "kbvq"}) {
         auto                   m = Model::load(test::bundled_model());
         quant::QuantizeOptions opt;
         opt.method     = method;
         opt.bits       = method == "gptq" ? 4 : 2;
         opt.mobie_rank = 4;
+        opt.kbvq_rank  = 4;
         quant::quantize_model(*m, calib, opt);
+        if (method == "kbvq") { // as loaded from its checkpoint: every expert with its own copy of the shared arrays
+            const auto          dir = test::scratch_dir("vk-kbvq");
+            quant::WriteOptions wo;
+            wo.quantization = {{"method", method}};
+            quant::write_checkpoint(*m, test::bundled_model(), dir / "q", wo);
+            m = Model::load(dir / "q");
+        }
         vk::Runner r(*dev, *m, 32);
         EXPECT_TRUE(r.notes().empty()) << method << ": " << (r.notes().empty() ? "" : r.notes().front());
         const auto cpu = perplexity(*m, ids, 32);
