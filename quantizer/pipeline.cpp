@@ -14,6 +14,7 @@
 #include "quantizer/methods/uniform_quant.h"
 
 #include <chrono>
+#include <ctime>
 #include <functional>
 #include <map>
 
@@ -38,6 +39,7 @@ void validate_options(const QuantizeOptions& o, const ModelSpec& spec) {
         if (o.cejd && (o.mobie_rank < 1 || o.mobie_rank > 4096))
             throw InputError("--rank must be in 1..4096 for mobie, got " + std::to_string(o.mobie_rank));
         if (o.nges_weight < 0) throw InputError("--nges-weight must not be negative");
+        if (o.glas_samples < 0) throw InputError("--glas-samples must not be negative (0: every calibration sequence)");
     }
     if (!(o.fp_ridge >= 0)) throw InputError("--fp-ridge must not be negative");
     if (o.fp_target_any && (o.method == "rtn" || o.method == "mobie"))
@@ -84,6 +86,33 @@ nlohmann::ordered_json quantization_metadata(const QuantizeOptions& opt, const C
               {"seed", calib.seed}}}};
 }
 
+void QuantizeReport::add_stage_seconds(const std::string& stage, double wall, double cpu) {
+    for (size_t i = 0; i < stage_seconds.size(); ++i)
+        if (stage_seconds[i].first == stage) {
+            stage_seconds[i].second += wall;
+            stage_cpu_seconds[i].second += cpu;
+            return;
+        }
+    stage_seconds.emplace_back(stage, wall);
+    stage_cpu_seconds.emplace_back(stage, cpu);
+}
+
+namespace {
+double process_cpu_seconds() {
+    timespec ts{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+} // namespace
+
+StageTimer::StageTimer(QuantizeReport& rep, std::string stage)
+    : rep_(rep), stage_(std::move(stage)), t0_(std::chrono::steady_clock::now()), cpu0_(process_cpu_seconds()) {}
+
+StageTimer::~StageTimer() {
+    rep_.add_stage_seconds(stage_, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count(),
+                           process_cpu_seconds() - cpu0_);
+}
+
 nlohmann::ordered_json QuantizeReport::to_json() const {
     nlohmann::ordered_json j;
     auto                   under = nlohmann::ordered_json::array();
@@ -100,6 +129,12 @@ nlohmann::ordered_json QuantizeReport::to_json() const {
             {{"name", m.name}, {"tokens", m.tokens}, {"rel_error", m.rel_error}, {"bits", 8.0 * m.bytes / m.weights}});
     }
     j["per_layer"] = layers;
+    auto stages = nlohmann::ordered_json::object();
+    auto cpu    = nlohmann::ordered_json::object();
+    for (const auto& [name, t] : stage_seconds) stages[name] = t;
+    for (const auto& [name, t] : stage_cpu_seconds) cpu[name] = t;
+    j["stage_seconds"]     = stages;
+    j["stage_cpu_seconds"] = cpu;
     if (!moe_output_bias.empty()) {
         auto b = nlohmann::ordered_json::array();
         for (const auto& m : moe_output_bias)
@@ -121,6 +156,7 @@ struct LayerQuantizer {
     // Quantizes the linear in `slot` with the Hessian H (in, in) (may be empty for RTN).
     void quantize(std::unique_ptr<Linear>& slot, const std::string& name, int layer, int expert, int64_t tokens,
                   const std::vector<double>* H) {
+        StageTimer         timer(report, "quantize");
         const int          in = slot->in_features(), out = slot->out_features();
         std::vector<float> W  = slot->dequantize();
         ModuleReport mr;
@@ -241,7 +277,7 @@ nlohmann::ordered_json fingerprint(const Model& model, const CalibrationSet& cal
             {"vq_group_size", opt.vq_group_size},
             {"kbvq", {opt.kbvq_rank, opt.idre, opt.bcos, opt.bcos_bias, opt.bcos_gamma}},
             {"mobie", {opt.mobie_core, opt.mobie_rank, opt.cejd, opt.cejd_refit, opt.cejd_all, opt.glas, opt.nges, opt.nges_weight,
-                       opt.fp_target, opt.fp_target_experts, opt.fp_ridge, opt.fp_target_any}},
+                       opt.fp_target, opt.fp_target_experts, opt.fp_ridge, opt.fp_target_any, opt.glas_samples}},
             {"sym", opt.sym},
             {"act_order", opt.act_order},
             {"damp", opt.damp},
@@ -257,7 +293,8 @@ nlohmann::ordered_json fingerprint(const Model& model, const CalibrationSet& cal
 // MoBiE's FP-stream targets: the linears with cross moments in C (FpStream) on the current layer are replaced by W̃
 // (mobie.h), with H their quantized-stream Σ x̂ x̂ᵀ (nullptr: leave the linear as it is).
 void retarget(Model& model, int il, const FpStream::Moments& C, const QuantizeOptions& opt,
-              const std::function<const std::vector<double>*(LinearKind, int)>& H) {
+              const std::function<const std::vector<double>*(LinearKind, int)>& H, QuantizeReport& rep) {
+    StageTimer timer(rep, "fp_target");
     for (const auto& [key, c] : C) {
         const std::vector<double>* h = H(key.first, key.second);
         if (!h) continue;
@@ -286,6 +323,11 @@ void quantize_layer_calibrated(LayerwiseRunner& run, LayerQuantizer& lq, const Q
             return true;
         };
     };
+    // The statistics passes (with the FP stream's cross moments when its hooks ride along).
+    auto capture = [&](const CaptureOptions& co, const ProgressFn& pf, const Hooks* also = nullptr) {
+        StageTimer timer(rep, "capture");
+        return run.capture(co, pf, also);
+    };
     lq.row_weights.clear();
     if (opt.method == "mobie" && opt.glas) // the routed experts (the other linears measured better without)
         Ly.for_each_linear([&](LinearKind k, int e, const std::unique_ptr<Linear>& slot) {
@@ -298,20 +340,20 @@ void quantize_layer_calibrated(LayerwiseRunner& run, LayerQuantizer& lq, const Q
         const bool fq = fps && opt.fp_target;
         Hooks      xh;
         if (fq) xh = fps->cross_hooks({LinearKind::Q, LinearKind::K, LinearKind::V});
-        LayerStats st = run.capture(c, sub(0.0, 0.1, "attention inputs"), fq ? &xh : nullptr);
-        if (fq) retarget(model, il, fps->take(), opt, [&](LinearKind, int) { return &st.attn_in.H; });
+        LayerStats st = capture(c, sub(0.0, 0.1, "attention inputs"), fq ? &xh : nullptr);
+        if (fq) retarget(model, il, fps->take(), opt, [&](LinearKind, int) { return &st.attn_in.H; }, rep);
         for (LinearKind k : {LinearKind::Q, LinearKind::K, LinearKind::V})
             lq.quantize(Ly.slot(k), spec.linear_name(il, k), il, -1, st.attn_in.n_tokens, &st.attn_in.H);
         if (fq) xh = fps->cross_hooks({LinearKind::O});
-        st = run.capture(c, sub(0.1, 0.2, "attention output"), fq ? &xh : nullptr);
-        if (fq) retarget(model, il, fps->take(), opt, [&](LinearKind, int) { return &st.attn_out.H; });
+        st = capture(c, sub(0.1, 0.2, "attention output"), fq ? &xh : nullptr);
+        if (fq) retarget(model, il, fps->take(), opt, [&](LinearKind, int) { return &st.attn_out.H; }, rep);
         lq.quantize(Ly.o, spec.linear_name(il, LinearKind::O), il, -1, st.attn_out.n_tokens, &st.attn_out.H);
     }
     if (opt.quantize_router) {
         // The router first, so the experts' affinities come from the quantized router (MoEQuant's order).
         CaptureOptions c;
         c.attention = c.experts = false;
-        LayerStats st = run.capture(c, sub(0.2, 0.3, "router input"));
+        LayerStats st = capture(c, sub(0.2, 0.3, "router input"));
         for (LinearKind k : {LinearKind::Router, LinearKind::SharedExpertGate})
             if (Ly.slot(k)) lq.quantize(Ly.slot(k), spec.linear_name(il, k), il, -1, st.ffn_in.n_tokens, &st.ffn_in.H);
     }
@@ -329,7 +371,7 @@ void quantize_layer_calibrated(LayerwiseRunner& run, LayerQuantizer& lq, const Q
     }
     Hooks xh;
     if (!xk.empty()) xh = fps->cross_hooks(xk);
-    LayerStats st = run.capture(c, sub(0.3, 0.6, "FFN inputs"), xk.empty() ? nullptr : &xh);
+    LayerStats st = capture(c, sub(0.3, 0.6, "FFN inputs"), xk.empty() ? nullptr : &xh);
     auto hessian = [&](const InputStats& s) -> const std::vector<double>& { return agq && s.affinity ? s.H_aff : s.H; };
     // Experts with too few tokens for a cross moment keep their weights (their Hessian is regularised below).
     auto fp_H = [&](const std::vector<InputStats>& ex, const InputStats* shared) {
@@ -339,7 +381,7 @@ void quantize_layer_calibrated(LayerwiseRunner& run, LayerQuantizer& lq, const Q
             return s.n_tokens >= std::max(opt.min_expert_tokens, s.dim) ? &s.H : nullptr;
         };
     };
-    if (!xk.empty()) retarget(model, il, fps->take(), opt, fp_H(st.expert_in, &st.ffn_in));
+    if (!xk.empty()) retarget(model, il, fps->take(), opt, fp_H(st.expert_in, &st.ffn_in), rep);
     // KBVQ quantizes a layer's routed experts of one kind jointly and keeps their FP weights for BCOS.
     std::unique_ptr<KbvqLayer> kbvq;
     if (opt.method == "kbvq" && Ly.is_moe) kbvq = std::make_unique<KbvqLayer>(model, il, opt);
@@ -367,11 +409,14 @@ void quantize_layer_calibrated(LayerwiseRunner& run, LayerQuantizer& lq, const Q
                 for (LinearKind k : {LinearKind::ExpertGate, LinearKind::ExpertUp})
                     lq.quantize(Ly.slot(k, e), spec.linear_name(il, k, e), il, e, s.n_tokens, Hs[e]);
         }
-        if (kbvq)
-            for (LinearKind k : {LinearKind::ExpertGate, LinearKind::ExpertUp}) kbvq->quantize(k, Hs, ntok, rep);
-        if (mobie)
-            for (LinearKind k : {LinearKind::ExpertGate, LinearKind::ExpertUp})
-                mobie->quantize(k, Hs, ntok, st.ffn_in.H, st.ffn_in.n_tokens, rep);
+        if (kbvq || mobie) {
+            StageTimer timer(rep, "quantize");
+            if (kbvq)
+                for (LinearKind k : {LinearKind::ExpertGate, LinearKind::ExpertUp}) kbvq->quantize(k, Hs, ntok, rep);
+            if (mobie)
+                for (LinearKind k : {LinearKind::ExpertGate, LinearKind::ExpertUp})
+                    mobie->quantize(k, Hs, ntok, st.ffn_in.H, st.ffn_in.n_tokens, rep);
+        }
         if (Ly.shared_gate)
             for (LinearKind k : {LinearKind::SharedGate, LinearKind::SharedUp}) {
                 const InputStats* s = st.for_linear(k);
@@ -392,8 +437,8 @@ void quantize_layer_calibrated(LayerwiseRunner& run, LayerQuantizer& lq, const Q
         xk = {LinearKind::DenseDown};
     }
     if (!xk.empty()) xh = fps->cross_hooks(xk);
-    st = run.capture(c, sub(0.7, 0.9, "FFN intermediate"), xk.empty() ? nullptr : &xh);
-    if (!xk.empty()) retarget(model, il, fps->take(), opt, fp_H(st.expert_mid, Ly.is_moe ? &st.shared_mid : &st.dense_mid));
+    st = capture(c, sub(0.7, 0.9, "FFN intermediate"), xk.empty() ? nullptr : &xh);
+    if (!xk.empty()) retarget(model, il, fps->take(), opt, fp_H(st.expert_mid, Ly.is_moe ? &st.shared_mid : &st.dense_mid), rep);
     if (Ly.is_moe) {
         std::vector<std::vector<double>>        Hreg(spec.n_expert);
         std::vector<const std::vector<double>*> Hs(spec.n_expert);
@@ -408,13 +453,17 @@ void quantize_layer_calibrated(LayerwiseRunner& run, LayerQuantizer& lq, const Q
                 lq.quantize(Ly.slot(LinearKind::ExpertDown, e), spec.linear_name(il, LinearKind::ExpertDown, e), il, e,
                             s.n_tokens, Hs[e]);
         }
-        if (kbvq) kbvq->quantize(LinearKind::ExpertDown, Hs, ntok, rep);
-        if (mobie) mobie->quantize(LinearKind::ExpertDown, Hs, ntok, {}, 0, rep);
+        if (kbvq || mobie) {
+            StageTimer timer(rep, "quantize");
+            if (kbvq) kbvq->quantize(LinearKind::ExpertDown, Hs, ntok, rep);
+            if (mobie) mobie->quantize(LinearKind::ExpertDown, Hs, ntok, {}, 0, rep);
+        }
         if (Ly.shared_down)
             lq.quantize(Ly.shared_down, spec.linear_name(il, LinearKind::SharedDown), il, -1, st.shared_mid.n_tokens,
                         &st.shared_mid.H);
         if (kbvq && opt.bcos) {
             prog(0.9, "BCOS");
+            StageTimer            timer(rep, "quantize");
             const BcosFit::Result b = kbvq->fit_bcos(run, rep);
             rep.moe_output_bias.push_back({il, b.tokens, b.bias_before, b.bias_after, b.rms_output});
         }
@@ -425,6 +474,17 @@ void quantize_layer_calibrated(LayerwiseRunner& run, LayerQuantizer& lq, const Q
 }
 
 } // namespace
+
+CalibrationSet glas_subset(const CalibrationSet& calib, int n) {
+    const int N = (int)calib.samples.size();
+    if (n <= 0 || n >= N) return calib;
+    CalibrationSet s;
+    s.seqlen = calib.seqlen;
+    s.seed   = calib.seed;
+    s.source = calib.source;
+    for (int i = 0; i < n; ++i) s.samples.push_back(calib.samples[(int64_t)i * N / n]);
+    return s;
+}
 
 QuantizeReport quantize_model(Model& model, const CalibrationSet& calib, const QuantizeOptions& opt,
                               const ProgressFn& progress) {
@@ -443,17 +503,24 @@ QuantizeReport quantize_model(Model& model, const CalibrationSet& calib, const Q
     // pass needs every layer resident).
     std::unique_ptr<GradientStats> grads;
     if (opt.method == "mobie" && opt.glas && resumed < L) {
+        StageTimer timer(rep, "glas");
         for (int il = 0; il < L; ++il) model.load_layer(il);
-        grads = std::make_unique<GradientStats>(collect_gradient_stats(model, calib, [&](const Progress& p) {
+        const CalibrationSet gcal = glas_subset(calib, opt.glas_samples);
+        grads = std::make_unique<GradientStats>(collect_gradient_stats(model, gcal, [&](const Progress& p) {
             report_progress(progress, 0.0, "GLAS: " + p.stage);
             return true;
         }));
     }
     std::unique_ptr<LayerwiseRunner> run;
-    if (!rtn) run = std::make_unique<LayerwiseRunner>(model, calib);
+    if (!rtn) {
+        StageTimer timer(rep, "capture"); // embedding the calibration set
+        run = std::make_unique<LayerwiseRunner>(model, calib);
+    }
     std::unique_ptr<FpStream> fps;
-    if ((opt.method == "mobie" || opt.fp_target_any) && (opt.fp_target || opt.fp_target_experts) && resumed < L)
+    if ((opt.method == "mobie" || opt.fp_target_any) && (opt.fp_target || opt.fp_target_experts) && resumed < L) {
+        StageTimer timer(rep, "fp_stream");
         fps = std::make_unique<FpStream>(spec, calib);
+    }
     for (int il = 0; il < L; ++il) {
         model.load_layer(il);
         if (il < resumed) {
@@ -470,15 +537,22 @@ QuantizeReport quantize_model(Model& model, const CalibrationSet& calib, const Q
                 if (selected(kind, opt)) lq.quantize(slot, spec.linear_name(il, kind, e), il, e, 0, nullptr);
             });
         } else {
-            if (fps) fps->capture();
+            if (fps) {
+                StageTimer timer(rep, "fp_stream");
+                fps->capture();
+            }
             quantize_layer_calibrated(*run, lq, opt, rep, grads.get(), progress, fps.get());
+            StageTimer timer(rep, "propagate");
             run->advance(nullptr, [&](const Progress& p) {
                 report_progress(progress, (il + 0.9 + 0.1 * p.fraction) / L,
                                 "layer " + std::to_string(il + 1) + "/" + std::to_string(L) + ": propagating");
                 return true;
             });
         }
-        if (saved) saved->save(model, il, rep);
+        if (saved) {
+            StageTimer timer(rep, "checkpoint");
+            saved->save(model, il, rep);
+        }
     }
     rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     report_progress(progress, 1.0, "done");

@@ -3,10 +3,12 @@
 // calibration set, quantize them group by group in dependency order (attention q/k/v → o → [router] → gate/up of
 // experts, shared and dense FFN → down), each group seeing the outputs of the already-quantized groups, then push the
 // calibration hidden states through the quantized layer into the next one.
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/core/progress.h"
@@ -41,6 +43,10 @@ struct QuantizeOptions {
     bool        cejd_refit  = true;
     bool        cejd_all    = false; // also attention and shared experts, each its own group (measured worse)
     bool        glas        = true;
+    // GLAS's backward pass on this many calibration sequences, evenly spaced over the set (0 or ≥ the set: all). The
+    // backward costs ~4 forward passes per sequence; row weights are per-channel means, which a subset estimates
+    // (noisily: 4 or 8 of 32 sequences measured worse than no GLAS, docs/RESULTS.md "Quantization time").
+    int         glas_samples = 0;
     bool        nges        = true;
     double      nges_weight = 1.0;
     // FP-stream targets (mobie.h FpStream): the linears outside the routed experts (fp_target) and optionally the
@@ -94,7 +100,29 @@ struct QuantizeReport {
     };
     std::vector<MoeOutputBias> moe_output_bias; // kbvq with BCOS: one per MoE layer
     double seconds = 0;
+    // Wall time of quantize_model's stages, summed over layers, in first-seen order (`--json`'s stage_seconds):
+    // glas (MoBiE's backward pass), fp_stream (the FP model's layers beside the quantizer), capture (the statistics
+    // passes, incl. FP-stream cross moments), fp_target (W̃), quantize (the method itself), propagate (pushing the
+    // calibration states through the quantized layer), checkpoint (saving each layer for --resume). stage_cpu_seconds:
+    // the process's CPU time over the same spans (all threads; on a loaded machine less noisy than wall time).
+    std::vector<std::pair<std::string, double>> stage_seconds, stage_cpu_seconds;
+    void add_stage_seconds(const std::string& stage, double wall, double cpu);
     nlohmann::ordered_json to_json() const;
+};
+
+// Adds the wall and process CPU time from construction to destruction to the report's stage.
+class StageTimer {
+public:
+    StageTimer(QuantizeReport& rep, std::string stage);
+    ~StageTimer();
+    StageTimer(const StageTimer&)            = delete;
+    StageTimer& operator=(const StageTimer&) = delete;
+
+private:
+    QuantizeReport&                       rep_;
+    std::string                           stage_;
+    std::chrono::steady_clock::time_point t0_;
+    double                                cpu0_;
 };
 
 // Known methods, for the CLI's validation and help.
@@ -105,6 +133,10 @@ void validate_options(const QuantizeOptions& opt, const ModelSpec& spec);
 
 // The method-level fields a quantized checkpoint's quantization_config records (method, grid, calibration).
 nlohmann::ordered_json quantization_metadata(const QuantizeOptions& opt, const CalibrationSet& calib);
+
+// The calibration sequences MoBiE's GLAS backward pass runs on: n evenly spaced ones (samples i·N/n), or all of them
+// when n is 0 or at least N.
+CalibrationSet glas_subset(const CalibrationSet& calib, int n);
 
 // Quantizes `model` in place (its linears are replaced by packed ones). The calibration set may be ignored (RTN).
 QuantizeReport quantize_model(Model& model, const CalibrationSet& calib, const QuantizeOptions& opt,

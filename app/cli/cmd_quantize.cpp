@@ -46,7 +46,8 @@ int cmd_quantize(const Argv& argv) {
                      "no-bcos", "no-bcos-bias", "no-bcos-gamma", "no-cejd", "no-glas", "no-nges", "no-refit", "cejd-all",
                      "no-fp-target", "fp-target-experts", "fp-target"},
               {"method", "bits", "group", "calib", "text", "samples", "seqlen", "seed", "out", "threads", "damp",
-               "beam", "tau", "max-shard-size", "vq-dim", "vq-group-size", "rank", "core", "nges-weight", "fp-ridge"});
+               "beam", "tau", "max-shard-size", "vq-dim", "vq-group-size", "rank", "core", "nges-weight", "fp-ridge",
+               "glas-samples"});
     apply_threads(args);
     auto dir = model_arg(args);
     auto out = args.get("out");
@@ -68,6 +69,7 @@ int cmd_quantize(const Argv& argv) {
     opt.cejd_refit         = !args.flag("no-refit");
     opt.cejd_all           = args.flag("cejd-all");
     opt.glas               = !args.flag("no-glas");
+    opt.glas_samples       = (int)args.get_int("glas-samples", opt.glas_samples, -1000, 1 << 30);
     opt.nges               = !args.flag("no-nges");
     opt.nges_weight        = args.get_double("nges-weight", 1.0, 0, 1e6);
     opt.fp_target          = !args.flag("no-fp-target");
@@ -160,6 +162,8 @@ int cmd_quantize(const Argv& argv) {
     j["calibration_tokens"]      = calib.n_tokens();
     auto r                       = rep.to_json();
     j["undercalibrated_experts"] = r["undercalibrated_experts"];
+    j["stage_seconds"]           = r["stage_seconds"];
+    j["stage_cpu_seconds"]       = r["stage_cpu_seconds"];
     j["per_layer"]               = r["per_layer"];
     if (r.contains("moe_output_bias")) j["moe_output_bias"] = r["moe_output_bias"];
     if (args.flag("json")) {

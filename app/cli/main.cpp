@@ -35,8 +35,8 @@ const Command k_commands[] = {
     {"quantize", moebius::cli::cmd_quantize,
      "quantize [MODEL] --method rtn|gptq|agq|gptvq|kbvq|billm|arb-x|arb-rc|mobie [--bits B] [--group G] [--vq-dim D] [--sym]\n"
      "           [--rank R] [--no-idre] [--no-bcos] [--no-bcos-bias]   (kbvq)\n"
-     "           [--core billm|arb|arb-x|arb-rc] [--rank R] [--no-cejd] [--no-refit] [--cejd-all] [--no-glas] [--no-nges]\n"
-     "           [--nges-weight W] [--no-fp-target] [--fp-target-experts] [--fp-ridge R]   (mobie)\n"
+     "           [--core billm|arb|arb-x|arb-rc] [--rank R] [--no-cejd] [--no-refit] [--cejd-all] [--no-glas] [--glas-samples N]\n"
+     "           [--no-nges] [--nges-weight W] [--no-fp-target] [--fp-target-experts] [--fp-ridge R]   (mobie)\n"
      "           [--fp-target]   (other calibrated methods: MoBiE's FP-stream targets, for comparison)\n"
      "           [--vq-group-size N] [--act-order] [--calib FILE | --ebss] [--samples N] [--seqlen L] [--seed S]\n"
      "           --out DIR [--force] [--resume] [--max-shard-size MB] [--json]   (rtn --bits 1: sign binarization; interrupted runs resume)"},

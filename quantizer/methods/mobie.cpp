@@ -11,7 +11,10 @@
 #include "quantizer/methods/uniform_quant.h"
 
 #include <Eigen/Core>
+#include <algorithm>
+#include <exception>
 #include <numeric>
+#include <omp.h>
 
 namespace moebius::quant {
 
@@ -58,27 +61,21 @@ std::unique_ptr<Linear> int8_linear(const std::vector<float>& W, int out, int in
     return make_nbit_linear(rtn_quantize(W.data(), out, in, c));
 }
 
-// tr((W − Ŵ) H (W − Ŵ)ᵀ) and tr(W H Wᵀ): the layer objective, H (in, in) Σ x xᵀ.
+// tr((W − Ŵ) H (W − Ŵ)ᵀ) and tr(W H Wᵀ): the layer objective, H (in, in) Σ x xᵀ. One GEMM of [W − Ŵ; W] with H
+// (a scalar triple loop here took ~2 s of a 4-layer MoBiE run at one thread).
 std::pair<double, double> objective(const std::vector<float>& W, const std::vector<float>& Q, int out, int in,
                                     const std::vector<double>& H) {
-    double err = 0, ref = 0;
-    std::vector<double> d(in), Hd(in), w(in), Hw(in);
-    for (int o = 0; o < out; ++o) {
+    using RM = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    RM A(2 * out, in); // rows 0..out: W − Ŵ; out..2·out: W
+    for (int o = 0; o < out; ++o)
         for (int j = 0; j < in; ++j) {
-            w[j] = W[(size_t)o * in + j];
-            d[j] = w[j] - Q[(size_t)o * in + j];
+            const double w = W[(size_t)o * in + j];
+            A(o, j)       = w - Q[(size_t)o * in + j];
+            A(out + o, j) = w;
         }
-        for (int i = 0; i < in; ++i) {
-            double a = 0, b = 0;
-            const double* h = H.data() + (size_t)i * in;
-            for (int j = 0; j < in; ++j) {
-                a += h[j] * d[j];
-                b += h[j] * w[j];
-            }
-            err += d[i] * a;
-            ref += w[i] * b;
-        }
-    }
+    const RM AH = A * Eigen::Map<const Eigen::MatrixXd>(H.data(), in, in); // H symmetric: either layout
+    const double err = AH.topRows(out).cwiseProduct(A.topRows(out)).sum();
+    const double ref = AH.bottomRows(out).cwiseProduct(A.bottomRows(out)).sum();
     return {err, ref};
 }
 
@@ -119,8 +116,10 @@ std::unique_ptr<Linear> decompose(const std::vector<float>& W, int out, int in, 
     // own scales) would: the residual goes without them, and the format then drops their slots.
     bo.max_salient = 0;
     bo.row_weight  = row_weight;
-    BinarizeReport br;
-    auto           residual = std::make_unique<BinaryLinear>(binarize(R.data(), out, in, H, bo, &br));
+    // No BinarizeReport: its two extra (out, in)·(in, in) passes would only repeat what objective() measures below.
+    const BinaryWeights bw       = binarize(R.data(), out, in, H, bo);
+    const double        salient  = (double)std::count(bw.salient.begin(), bw.salient.end(), 1) / in;
+    auto                residual = std::make_unique<BinaryLinear>(bw);
     if (opt.cejd_refit) {
         std::vector<float> A = residual->dequantize();
         for (size_t i = 0; i < A.size(); ++i) A[i] = W[i] - A[i];
@@ -132,7 +131,7 @@ std::unique_ptr<Linear> decompose(const std::vector<float>& W, int out, int in, 
     mr.weights            = (int64_t)out * in;
     mr.bytes              = (int64_t)lin->storage_bytes();
     // Code bits without side data: the signs and the 8-bit coefficient codes.
-    mr.nominal_bits = 1 + br.salient_fraction + 8.0 * rank / (input ? in : out);
+    mr.nominal_bits = 1 + salient + 8.0 * rank / (input ? in : out);
     return lin;
 }
 
@@ -207,6 +206,19 @@ void FpStream::skip() {
     run_->advance();
 }
 
+namespace {
+// The kind whose input (on either stream) a linear of kind k shares: k/v read q's, up reads gate's.
+LinearKind same_input_as(LinearKind k) {
+    switch (k) {
+    case LinearKind::K: case LinearKind::V: return LinearKind::Q;
+    case LinearKind::ExpertUp: return LinearKind::ExpertGate;
+    case LinearKind::SharedUp: return LinearKind::SharedGate;
+    case LinearKind::DenseUp: return LinearKind::DenseGate;
+    default: return k;
+    }
+}
+} // namespace
+
 Hooks FpStream::cross_hooks(const std::vector<LinearKind>& kinds) {
     using RowMatF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
     MOEBIUS_ASSERT(layer_ >= 0);
@@ -236,6 +248,9 @@ Hooks FpStream::cross_hooks(const std::vector<LinearKind>& kinds) {
     Hooks h;
     h.on_linear = [this, add, fp_of](const LinearEvent& e) {
         if (std::find(kinds_.begin(), kinds_.end(), e.kind) == kinds_.end()) return;
+        // A kind that reads the same inputs (FP and quantized) as another requested one gets its sums in take().
+        const LinearKind s = same_input_as(e.kind);
+        if (s != e.kind && std::find(kinds_.begin(), kinds_.end(), s) != kinds_.end()) return;
         const auto* f = fp_of(e.kind);
         if (!f || (int)f->size() <= sample_) return;
         const std::vector<float>& xs = (*f)[sample_];
@@ -266,6 +281,14 @@ Hooks FpStream::cross_hooks(const std::vector<LinearKind>& kinds) {
 FpStream::Moments FpStream::take() {
     Moments c = std::move(C_);
     C_.clear();
+    for (LinearKind k : kinds_) {
+        const LinearKind s = same_input_as(k);
+        if (s == k || std::find(kinds_.begin(), kinds_.end(), s) == kinds_.end()) continue;
+        std::vector<std::pair<std::pair<LinearKind, int>, std::vector<double>>> copies;
+        for (const auto& [key, m] : c)
+            if (key.first == s) copies.push_back({{k, key.second}, m});
+        for (auto& [key, m] : copies) c[key] = std::move(m);
+    }
     return c;
 }
 
@@ -333,16 +356,31 @@ void MobieLayer::quantize(LinearKind kind, const std::vector<const std::vector<d
     std::shared_ptr<const Linear> basis = input ? int8_linear(B, rank, in) : int8_linear(B, out, rank);
 
     // ---- per expert: coefficients, binarized residual, refit coefficients
-    const std::string owner = spec.linear_name(layer_, kind, 0);
+    // The experts are independent given the basis: one per thread (each binarize then runs single-threaded, with the
+    // same result as with any thread count), instead of many short parallel loops inside each binarize.
+    const std::string                    owner = spec.linear_name(layer_, kind, 0);
+    std::vector<ModuleReport>            mrs(E);
+    std::vector<std::unique_ptr<Linear>> lins(E);
+    std::exception_ptr                   failure;
+#pragma omp parallel for schedule(dynamic, 1) if (E > 1 && omp_get_max_threads() > 1 && !omp_in_parallel())
     for (int e = 0; e < E; ++e) {
-        ModuleReport mr;
-        mr.name   = spec.linear_name(layer_, kind, e);
-        mr.layer  = layer_;
-        mr.expert = e;
-        mr.tokens = tokens[e];
-        Ly.slot(kind, e) = decompose(W[e], out, in, *H[e], basis, input, M, opt_, rw[e].empty() ? nullptr : &rw[e],
-                                     owner, e == 0, mr);
-        rep.modules.push_back(mr);
+        try {
+            ModuleReport& mr = mrs[e];
+            mr.name          = spec.linear_name(layer_, kind, e);
+            mr.layer         = layer_;
+            mr.expert        = e;
+            mr.tokens        = tokens[e];
+            lins[e] = decompose(W[e], out, in, *H[e], basis, input, M, opt_, rw[e].empty() ? nullptr : &rw[e], owner,
+                                e == 0, mr);
+        } catch (...) {
+#pragma omp critical(moebius_mobie_failure)
+            if (!failure) failure = std::current_exception();
+        }
+    }
+    if (failure) std::rethrow_exception(failure);
+    for (int e = 0; e < E; ++e) {
+        Ly.slot(kind, e) = std::move(lins[e]);
+        rep.modules.push_back(mrs[e]);
     }
 }
 

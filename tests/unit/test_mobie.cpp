@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <Eigen/Dense>
+#include <algorithm>
+#include <omp.h>
 #include <random>
 
 #include "engine/core/error.h"
@@ -209,6 +211,21 @@ TEST(Mobie, BundledModelCheckpointMatchesExportAndSharedBasisPath) {
         EXPECT_GT(mr.rel_error, 0);
         EXPECT_LT(mr.rel_error, 0.5) << mr.name;
     }
+    // Stage timing: MoBiE's stages are all reported, wall and CPU alike, and together stay within the total.
+    {
+        std::vector<std::string> names;
+        double                   sum = 0;
+        for (const auto& [n, t] : rep.stage_seconds) {
+            names.push_back(n);
+            sum += t;
+            EXPECT_GE(t, 0) << n;
+        }
+        for (const char* n : {"glas", "capture", "fp_stream", "fp_target", "quantize", "propagate"})
+            EXPECT_NE(std::find(names.begin(), names.end(), n), names.end()) << n;
+        EXPECT_EQ(rep.stage_cpu_seconds.size(), rep.stage_seconds.size());
+        EXPECT_LE(sum, rep.seconds + 1e-6);
+        EXPECT_TRUE(rep.to_json()["stage_seconds"].contains("glas"));
+    }
     const double p_rtn = [&] {
         auto            r = Model::load(test::bundled_model());
         QuantizeOptions o;
@@ -325,12 +342,17 @@ TEST(MobieFpTarget, CrossMomentsPairTheSameTokensAsTheHessians) {
     };
     for (int l = 0; l < 2; ++l) {
         fps.capture();
-        const Hooks h = fps.cross_hooks({LinearKind::Q, LinearKind::V, LinearKind::O, LinearKind::SharedDown,
-                                         LinearKind::ExpertGate, LinearKind::ExpertDown});
+        // K, V, shared up and expert up read the same inputs as Q, shared gate and expert gate: take() copies those.
+        const Hooks h = fps.cross_hooks({LinearKind::Q, LinearKind::K, LinearKind::V, LinearKind::O,
+                                         LinearKind::SharedGate, LinearKind::SharedUp, LinearKind::SharedDown,
+                                         LinearKind::ExpertGate, LinearKind::ExpertUp, LinearKind::ExpertDown});
         const LayerStats st = run.capture(CaptureOptions{}, {}, &h);
         auto             C  = fps.take();
         EXPECT_LT(diff(C[{LinearKind::Q, -1}], st.attn_in.H), 1e-6);
+        EXPECT_LT(diff(C[{LinearKind::K, -1}], st.attn_in.H), 1e-6);
         EXPECT_LT(diff(C[{LinearKind::V, -1}], st.attn_in.H), 1e-6);
+        EXPECT_LT(diff(C[{LinearKind::SharedGate, -1}], st.ffn_in.H), 1e-6);
+        EXPECT_LT(diff(C[{LinearKind::SharedUp, -1}], st.ffn_in.H), 1e-6);
         EXPECT_LT(diff(C[{LinearKind::O, -1}], st.attn_out.H), 1e-6);
         EXPECT_LT(diff(C[{LinearKind::SharedDown, -1}], st.shared_mid.H), 1e-6);
         int seen = 0;
@@ -338,10 +360,77 @@ TEST(MobieFpTarget, CrossMomentsPairTheSameTokensAsTheHessians) {
             if (st.expert_in[e].n_tokens == 0) continue;
             ++seen;
             EXPECT_LT(diff(C[{LinearKind::ExpertGate, e}], st.expert_in[e].H), 1e-6) << "layer " << l << " expert " << e;
+            EXPECT_LT(diff(C[{LinearKind::ExpertUp, e}], st.expert_in[e].H), 1e-6) << "layer " << l << " expert " << e;
             EXPECT_LT(diff(C[{LinearKind::ExpertDown, e}], st.expert_mid[e].H), 1e-5) << "layer " << l << " expert " << e;
         }
         EXPECT_GT(seen, 4);
+        // A kind asked for without the kind whose input it shares gets its own sums.
+        const Hooks hk = fps.cross_hooks({LinearKind::V});
+        run.capture(CaptureOptions{}, {}, &hk);
+        auto Ck = fps.take();
+        EXPECT_LT(diff(Ck[{LinearKind::V, -1}], st.attn_in.H), 1e-6);
+        EXPECT_EQ(Ck.count({LinearKind::Q, -1}), 0u);
         run.advance();
+    }
+}
+
+TEST(Mobie, GlasSubsetTakesEvenlySpacedSequences) {
+    CalibrationSet c;
+    c.seqlen = 2;
+    for (int i = 0; i < 8; ++i) c.samples.push_back({i, i});
+    const CalibrationSet s = glas_subset(c, 4);
+    ASSERT_EQ(s.samples.size(), 4u);
+    for (int i = 0; i < 4; ++i) EXPECT_EQ(s.samples[i][0], 2 * i);
+    EXPECT_EQ(s.seqlen, 2);
+    EXPECT_EQ(glas_subset(c, 3).samples[2][0], 5); // 2·8/3
+    for (int n : {0, 8, 100}) EXPECT_EQ(glas_subset(c, n).samples.size(), 8u) << n;
+    QuantizeOptions o;
+    o.method       = "mobie";
+    o.glas_samples = -1;
+    EXPECT_THROW(validate_options(o, ModelSpec::load(test::bundled_model())), InputError);
+}
+
+TEST(Mobie, LayerResultDoesNotDependOnTheThreadCount) {
+    // MobieLayer decomposes the routed experts of a kind concurrently: one thread or two give the same weights.
+    auto run = [&](int threads, LinearKind kind) {
+        const int saved = omp_get_max_threads();
+        omp_set_num_threads(threads);
+        auto            m = Model::load(test::bundled_model());
+        QuantizeOptions o;
+        o.method     = "mobie";
+        o.mobie_rank = 4;
+        o.glas       = false;
+        const int E = m->spec().n_expert, in = m->layer(0).experts[0][kind == LinearKind::ExpertDown ? 2 : 0]->in_features();
+        std::mt19937                          rng(5);
+        std::normal_distribution<float>       nd;
+        std::vector<std::vector<double>>      H(E);
+        std::vector<const std::vector<double>*> Hp(E);
+        std::vector<int64_t>                  tok(E, 64);
+        std::vector<double>                   pooled((size_t)in * in, 0.0);
+        for (int e = 0; e < E; ++e) {
+            RMat X(64, in);
+            for (int i = 0; i < X.size(); ++i) X.data()[i] = nd(rng);
+            const RMat G = X.transpose() * X;
+            H[e].assign(G.data(), G.data() + G.size());
+            for (size_t i = 0; i < pooled.size(); ++i) pooled[i] += H[e][i];
+            Hp[e] = &H[e];
+        }
+        QuantizeReport rep;
+        MobieLayer(*m, 0, o, nullptr).quantize(kind, Hp, tok, pooled, 64 * E, rep);
+        omp_set_num_threads(saved);
+        EXPECT_EQ((int)rep.modules.size(), E);
+        EXPECT_EQ(rep.modules.back().expert, E - 1); // reported in expert order
+        std::vector<float> w;
+        for (int e = 0; e < E; ++e) {
+            const auto d = m->layer(0).slot(kind, e)->dequantize();
+            w.insert(w.end(), d.begin(), d.end());
+        }
+        return w;
+    };
+    for (LinearKind kind : {LinearKind::ExpertGate, LinearKind::ExpertDown}) {
+        const auto one = run(1, kind), two = run(2, kind);
+        ASSERT_EQ(one.size(), two.size());
+        EXPECT_TRUE(one == two) << linear_kind_name(kind);
     }
 }
 
