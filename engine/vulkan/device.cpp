@@ -325,11 +325,8 @@ uint32_t Device::find_memory_type(uint32_t bits, VkMemoryPropertyFlags want, VkM
     return UINT32_MAX;
 }
 
-Buffer Device::allocate(uint64_t bytes, VkBufferUsageFlags usage, bool host_visible) {
-    bytes = std::max<uint64_t>(bytes, 4);
-    if (bytes > info_.max_memory_allocation)
-        throw UnsupportedError("vulkan: a buffer of " + std::to_string(bytes) + " bytes exceeds the device's "
-                               "maxMemoryAllocationSize (" + std::to_string(info_.max_memory_allocation) + ")");
+// A VkBuffer of `bytes` without memory yet, and what memory it needs.
+Buffer Device::unbound_buffer(uint64_t bytes, VkBufferUsageFlags usage, VkMemoryRequirements& req) {
     Buffer             b;
     VkBufferCreateInfo bci{VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO};
     bci.size        = bytes;
@@ -338,8 +335,17 @@ Buffer Device::allocate(uint64_t bytes, VkBufferUsageFlags usage, bool host_visi
     check(vkCreateBuffer(dev_, &bci, nullptr, &b.buf_), "vkCreateBuffer");
     b.dev_  = dev_;
     b.size_ = bytes;
-    VkMemoryRequirements req;
     vkGetBufferMemoryRequirements(dev_, b.buf_, &req);
+    return b;
+}
+
+Buffer Device::allocate(uint64_t bytes, VkBufferUsageFlags usage, bool host_visible) {
+    bytes = std::max<uint64_t>(bytes, 4);
+    if (bytes > info_.max_memory_allocation)
+        throw UnsupportedError("vulkan: a buffer of " + std::to_string(bytes) + " bytes exceeds the device's "
+                               "maxMemoryAllocationSize (" + std::to_string(info_.max_memory_allocation) + ")");
+    VkMemoryRequirements req;
+    Buffer               b = unbound_buffer(bytes, usage, req);
     const VkMemoryPropertyFlags local   = VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT;
     const VkMemoryPropertyFlags visible = VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT;
     // Unified devices map their device-local buffers. Staging buffers would rather not take device-local memory (the
@@ -376,16 +382,8 @@ Buffer Device::create_buffer(uint64_t bytes) {
 // the runner's buffers, made once per model). A fresh block when it does not fit or has another memory type.
 Buffer Device::allocate_small(uint64_t bytes, VkBufferUsageFlags usage) {
     bytes = std::max<uint64_t>(bytes, 4);
-    Buffer             b;
-    VkBufferCreateInfo bci{VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO};
-    bci.size        = bytes;
-    bci.usage       = usage;
-    bci.sharingMode = VK_SHARING_MODE_EXCLUSIVE;
-    check(vkCreateBuffer(dev_, &bci, nullptr, &b.buf_), "vkCreateBuffer");
-    b.dev_  = dev_;
-    b.size_ = bytes;
     VkMemoryRequirements req;
-    vkGetBufferMemoryRequirements(dev_, b.buf_, &req);
+    Buffer               b = unbound_buffer(bytes, usage, req);
     const bool                  visible = !staging_;
     const VkMemoryPropertyFlags host    = VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT;
     const VkMemoryPropertyFlags want    = VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT | (visible ? host : 0);

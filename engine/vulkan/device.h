@@ -255,6 +255,7 @@ class Device {
     uint32_t find_memory_type(uint32_t type_bits, VkMemoryPropertyFlags want, VkMemoryPropertyFlags avoid) const;
     Buffer   allocate(uint64_t bytes, VkBufferUsageFlags usage, bool host_visible);
     Buffer   allocate_small(uint64_t bytes, VkBufferUsageFlags usage);
+    Buffer   unbound_buffer(uint64_t bytes, VkBufferUsageFlags usage, VkMemoryRequirements& req);
 
     std::unique_ptr<Instance>        inst_;
     DeviceInfo                       info_;
