@@ -16,8 +16,10 @@
 //     columns in increasing order), all LSB-first as in the checkpoint; qs per row the f16 scales (n_blocks,
 //     n_slots), then with BIN_MEAN the f16 means (n_blocks, n_bgroups); qz per row one word: the offset of its
 //     linear's region in qz, which holds the salient rank of each column (int32, −1 if not salient), the salient
-//     column bitmap (row_bytes words) and then the f16 column scales (in, n_slots). `group` is the column block. The weight is BinaryLinear's formula with its f32
-//     operations in its order (precise), so it is bit-identical to BinaryLinear::dequantize().
+//     column bitmap (row_bytes words) and then, with BIN_COLS, the f16 column scales (in, n_slots). A set split by
+//     rows is a binary set per part: its rows' offsets, then the regions of its rows' linears. `group` is the column
+//     block. The weight is BinaryLinear's formula with its f32 operations in its order (precise), so it is
+//     bit-identical to BinaryLinear::dequantize().
 // Several matrices (experts) live in one set: global row r = matrix·out + row.
 // A kernel may read a second weight set of another format: it includes this file again with QW_BINDING, QW_SPEC (the
 // first of its five spec constant ids, 10 by default) and every name below (QW, qw, …, qweight, FORMAT, BITS)

@@ -60,12 +60,12 @@ uint32_t row_wg(Device& dev) {
 template <class T> Buffer upload_words(Device& dev, const std::vector<T>& v, uint64_t slack = 0) {
     const uint64_t bytes = v.size() * sizeof(T), size = std::max<uint64_t>(4, (bytes + slack + 3) / 4 * 4);
     // Every buffer of a weight set is one binding: refuse it here, at upload, rather than at the first dispatch.
-    // Dense, nbit and vq sets were split to fit before they get here (place_rows); binary sets are not split.
+    // Weight sets were split to fit before they get here (place_rows); what still does not fit cannot be split.
     if (size > dev.max_binding_bytes())
         throw UnsupportedError("vulkan: a weight set of " + std::to_string(bytes >> 10) +
                                " KiB exceeds the device's largest binding (" +
                                std::to_string(dev.max_binding_bytes() >> 10) +
-                               " KiB); splitting is implemented for dense, nbit and vq sets only");
+                               " KiB)");
     Buffer b = dev.create_buffer(size);
     if (bytes) dev.upload(b, v.data(), bytes);
     return b;
@@ -101,8 +101,9 @@ void place_rows(Device& dev, QWeights& q, uint64_t row_bytes_max, uint64_t slack
         while (rows > 0 && !fits(rows)) rows -= align;
         if (rows <= 0)
             throw UnsupportedError("vulkan: " + std::to_string(align) + " row(s) of every matrix of a weight set (" +
-                                   std::to_string(per * align) + " bytes and more) exceed the device's largest binding (" +
-                                   std::to_string(lim) + " bytes)");
+                                   std::to_string(per * align) +
+                                   " bytes and more), or the side data every part carries, exceed the device's "
+                                   "largest binding (" + std::to_string(lim) + " bytes)");
     }
     q.part_rows = rows;
     q.more.clear();
@@ -214,19 +215,18 @@ QWeights QWeights::upload(Device& dev, const std::vector<const Linear*>& linears
             rw2 = std::max(rw2, (static_cast<const BinaryLinear*>(l)->n_salient() + 31) / 32);
         q.row_bytes = rw;
         q.n_groups  = rw2;
-        const int64_t         row_words = 2 * rw + rw2;
-        std::vector<uint32_t> planes((size_t)rows * row_words, 0);
-        std::vector<uint16_t> rs;                  // per row: scales (n_blocks, n_slots) then means (n_blocks, n_groups)
-        std::vector<uint32_t> aux((size_t)rows, 0); // per row: its linear's region; then the regions
-        int64_t               r0 = 0;
+        const int64_t row_words = 2 * rw + rw2;
+        const int64_t rs_row    = (int64_t)(q.in / q.group) * (n_slots + (q.bin_mean ? bin0->n_groups() : 0));
+        std::vector<uint32_t>              planes((size_t)rows * row_words, 0);
+        std::vector<uint16_t>              rs;      // per row: scales (n_blocks, n_slots) then means (n_blocks, n_groups)
+        std::vector<std::vector<uint32_t>> regions; // per linear: its region (below)
+        std::vector<int64_t>               lin_r0;  // per linear: its first global row
+        int64_t                            r0 = 0;
         for (const Linear* l : linears) {
             const auto&   bl  = static_cast<const BinaryLinear&>(*l);
             const auto&   b   = bl.packed();
             const int     out = l->out_features(), nb = q.in / q.group, ng = bin0->n_groups();
             const int64_t rb = BinaryLinear::bit_bytes(q.in), rb2 = BinaryLinear::bit_bytes(bl.n_salient());
-            // Region: sal_idx (in) int32, the salient bitmap (rw words), then column scales (in, n_slots) f16, two per
-            // word.
-            const uint32_t base = (uint32_t)aux.size();
             for (int o = 0; o < out; ++o) {
                 uint8_t* row = (uint8_t*)(planes.data() + (r0 + o) * row_words);
                 std::memcpy(row, b.split.data() + o * rb, rb);
@@ -237,24 +237,76 @@ QWeights QWeights::upload(Device& dev, const std::vector<const Linear*>& linears
                 if (q.bin_mean)
                     rs.insert(rs.end(), b.row_means.begin() + (int64_t)o * nb * ng,
                               b.row_means.begin() + (int64_t)(o + 1) * nb * ng);
-                aux[r0 + o] = base;
             }
+            // Region: sal_idx (in) int32, the salient bitmap (rw words), then column scales (in, n_slots) f16, two
+            // per word, only when the format has them (the kernels read them only then; every part carries its
+            // linears' regions, so they are kept small).
+            std::vector<uint32_t> reg;
             int                   rank = 0;
             std::vector<uint32_t> bitmap(rw, 0);
             for (int j = 0; j < q.in; ++j) {
                 const bool s = !b.salient.empty() && ((b.salient[j >> 3] >> (j & 7)) & 1);
-                aux.push_back(s ? (uint32_t)rank++ : 0xffffffffu);
+                reg.push_back(s ? (uint32_t)rank++ : 0xffffffffu);
                 if (s) bitmap[j >> 5] |= 1u << (j & 31);
             }
-            aux.insert(aux.end(), bitmap.begin(), bitmap.end());
-            std::vector<uint16_t> cs = b.col_scales;
-            cs.resize((size_t)q.in * n_slots + 1, 0); // even: whole words
-            for (size_t i = 0; i + 1 < cs.size(); i += 2) aux.push_back(cs[i] | (uint32_t)cs[i + 1] << 16);
+            reg.insert(reg.end(), bitmap.begin(), bitmap.end());
+            if (q.bin_col_scale) {
+                std::vector<uint16_t> cs = b.col_scales;
+                cs.resize((size_t)q.in * n_slots + 1, 0); // even: whole words
+                for (size_t i = 0; i + 1 < cs.size(); i += 2) reg.push_back(cs[i] | (uint32_t)cs[i + 1] << 16);
+            }
+            regions.push_back(std::move(reg));
+            lin_r0.push_back(r0);
             r0 += out;
         }
-        q.w      = upload_words(dev, planes);
-        q.scales = upload_words(dev, rs);
-        q.zeros  = upload_words(dev, aux);
+        // qz of the part holding rows [p0, p0 + n) of every matrix: each of its rows' region offset (rows in the
+        // part's order), then the regions of the linears those rows belong to, each once. A part is a binary set of
+        // its own, so qweight.glsl reads it unchanged with part-local rows.
+        // With aux null only the size in words is computed.
+        auto aux_of = [&](int p0, int n, std::vector<uint32_t>* aux) {
+            std::vector<int>      used; // linears of the part, in order
+            std::vector<uint32_t> off(regions.size(), 0);
+            uint64_t              words = (uint64_t)q.n_mats * n;
+            if (aux) aux->assign(words, 0);
+            for (int m = 0; m < q.n_mats; ++m) {
+                const int64_t g0 = (int64_t)m * q.out + p0;
+                // The linears overlapping global rows [g0, g0 + n); they are stacked contiguously.
+                size_t li = std::upper_bound(lin_r0.begin(), lin_r0.end(), g0) - lin_r0.begin() - 1;
+                for (; li < regions.size() && lin_r0[li] < g0 + n; ++li) {
+                    if (used.empty() || used.back() != (int)li) {
+                        used.push_back((int)li);
+                        off[li] = (uint32_t)words;
+                        words += regions[li].size();
+                    }
+                    if (!aux) continue;
+                    const int64_t a = std::max(g0, lin_r0[li]),
+                                  e = std::min(g0 + n, li + 1 < regions.size() ? lin_r0[li + 1] : rows);
+                    for (int64_t g = a; g < e; ++g) (*aux)[(size_t)((int64_t)m * n + (g - g0))] = off[li];
+                }
+            }
+            if (aux)
+                for (int li : used) aux->insert(aux->end(), regions[li].begin(), regions[li].end());
+            return words;
+        };
+        // The largest qz of parts of n rows: it does not grow row by row (regions come whole), so place_rows checks
+        // it apart.
+        auto aux_bytes = [&](int n) {
+            uint64_t mx = 0;
+            for (int p0 = 0; p0 < q.out; p0 += n) mx = std::max(mx, aux_of(p0, std::min(n, q.out - p0), nullptr) * 4);
+            return mx;
+        };
+        place_rows(
+            dev, q, std::max<uint64_t>(row_words * 4, rs_row * 2), 0,
+            [&](int p0, int n) {
+                return QWeights::Part{upload_words(dev, rows_of(planes, q.n_mats, q.out, row_words, p0, n)),
+                                      upload_words(dev, rows_of(rs, q.n_mats, q.out, rs_row, p0, n)),
+                                      [&] {
+                                          std::vector<uint32_t> aux;
+                                          aux_of(p0, n, &aux);
+                                          return upload_words(dev, aux);
+                                      }()};
+            },
+            1, aux_bytes);
         return q;
     }
     const auto* vq0   = dynamic_cast<const VqLinear*>(linears[0]);

@@ -42,8 +42,8 @@ struct QWeights {
     // A set whose buffers exceed the device's largest binding is split by output rows: part p holds rows
     // [p·part_rows, min(out, (p + 1)·part_rows)) of every matrix, laid out as a set of its own (n_mats, rows, in);
     // w, scales, zeros above are part 0, `more` holds parts 1... The kernels run one dispatch per part. Dense and nbit
-    // sets split at any row, vq sets at whole codebook row blocks (each part with its blocks' codebooks); binary sets
-    // over a binding are refused (UnsupportedError).
+    // sets split at any row, vq sets at whole codebook row blocks (each part with its blocks' codebooks), binary sets at
+    // any row (each part with the per-linear regions of the linears its rows belong to).
     struct Part {
         Buffer w, scales, zeros;
     };

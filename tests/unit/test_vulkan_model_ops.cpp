@@ -6,6 +6,7 @@
 
 #if MOEBIUS_HAS_VULKAN
 
+#include "engine/cpu/binary_linear.h"
 #include "engine/cpu/linear.h"
 #include "engine/cpu/nbit_linear.h"
 #include "engine/cpu/ops.h"
@@ -13,6 +14,7 @@
 #include "engine/core/dtype.h"
 #include "engine/vulkan/model_ops.h"
 #include "engine/vulkan/ops.h"
+#include "random_binary.h"
 #include "test_vulkan_util.h"
 
 #include <algorithm>
@@ -219,6 +221,81 @@ TEST(VulkanModelOps, VqLinearEveryMatrixAndExpertDispatch) {
     cl.submit_and_wait();
     auto gy = read_floats(*dev, yb, ref.size());
     for (size_t i = 0; i < ref.size(); ++i) ASSERT_NEAR(gy[i], ref[i], 1e-4 * (1 + std::fabs(ref[i]))) << i;
+}
+
+TEST(VulkanModelOps, BinarySetsSplitByRowsMatchUnsplit) {
+    // A binary set over one binding is split by rows (model_ops.h QWeights): each part holds its rows' bit planes and
+    // scales, each row's offset into the part's qz, and the salient-column regions of the linears its rows belong to.
+    // q | k | v stacked into one matrix (BiLLM, different salient columns each, in = 80: the weight-by-weight decode)
+    // at 2 KiB per binding: parts of 73 rows cross the linears' boundaries. Three ARB-RC experts (column scales,
+    // in = 96: the sum trick) at 8 KiB: three parts, each with all three regions. Every matrix of the split set gives
+    // the unsplit set's output bit for bit and the CPU's within 2e-5·Σ|x·w|.
+    VK_DEVICE_OR_SKIP(dev);
+    struct Restore {
+        vk::Device* d;
+        ~Restore() { d->set_max_binding_bytes(0); }
+    } restore{dev};
+    struct Case {
+        int              in, sg, n_mats, parts;
+        bool             mean, cols;
+        std::vector<int> outs; // stacked linears; n_mats · out rows in all
+        uint64_t         limit;
+    };
+    std::mt19937 rng(17);
+    for (const Case& c : {Case{80, 1, 1, 5, true, false, {150, 70, 90}, 2 << 10},
+                          Case{96, 2, 3, 3, false, true, {200, 200, 200}, 8 << 10}}) {
+        SCOPED_TRACE("in " + std::to_string(c.in));
+        std::vector<std::unique_ptr<BinaryLinear>> lins;
+        std::vector<const Linear*>                 ptrs;
+        int                                        rows = 0;
+        for (int o : c.outs) {
+            lins.push_back(std::make_unique<BinaryLinear>(
+                test::random_binary_weights(o, c.in, c.sg, c.mean, c.cols, rng, 5)));
+            ptrs.push_back(lins.back().get());
+            rows += o;
+        }
+        const int out = rows / c.n_mats;
+        dev->set_max_binding_bytes(0);
+        auto whole = vk::QWeights::upload(*dev, ptrs, out);
+        dev->set_max_binding_bytes(c.limit);
+        auto split = vk::QWeights::upload(*dev, ptrs, out);
+        ASSERT_EQ(split.format, vk::WeightFormat::Binary);
+        EXPECT_EQ(whole.n_parts(), 1);
+        EXPECT_EQ(split.n_parts(), c.parts);
+        dev->set_max_binding_bytes(0);
+        const int n  = 3;
+        auto      x  = randn((size_t)n * c.in, 5);
+        auto      xb = dev->upload_vector(x);
+        auto      y  = dev->create_buffer((size_t)n * out * 4);
+        for (int m = 0; m < c.n_mats; ++m) {
+            std::vector<float> got[2];
+            for (int s = 0; s < 2; ++s) {
+                vk::CommandList cl(*dev);
+                vk::linear(*dev, cl, s ? split : whole, m, xb, n, y);
+                cl.submit_and_wait();
+                got[s] = read_floats(*dev, y, (size_t)n * out);
+            }
+            EXPECT_EQ(got[0], got[1]) << "mat " << m;
+            // CPU: the matrix's rows, from the linears stacked in it.
+            std::vector<float> ref((size_t)n * out), scale((size_t)n * out);
+            int                r0 = 0;
+            for (const auto& l : lins) {
+                const int o = l->out_features(), lo = std::max(r0, m * out), hi = std::min(r0 + o, (m + 1) * out);
+                if (lo < hi) {
+                    std::vector<float> yl((size_t)n * o);
+                    l->forward(x.data(), n, yl.data());
+                    auto sl = abs_scale(*l, x, n);
+                    for (int t = 0; t < n; ++t)
+                        for (int r = lo; r < hi; ++r) {
+                            ref[(size_t)t * out + r - m * out]   = yl[(size_t)t * o + r - r0];
+                            scale[(size_t)t * out + r - m * out] = sl[(size_t)t * o + r - r0];
+                        }
+                }
+                r0 += o;
+            }
+            expect_close(got[1], ref, scale, 2e-5, "mat " + std::to_string(m));
+        }
+    }
 }
 
 TEST(VulkanModelOps, DenseWeightsGoUpAsBf16OrF16OnlyWhenExact) {

@@ -152,6 +152,47 @@ std::unique_ptr<Model> random_kbvq_model() {
     return m;
 }
 
+// The bundled model binarized in every variant the binarizers write (qweight.glsl FORMAT 3): ARB-RC (two salient
+// groups, column scales, no means) in the experts of layers 0, 1, BiLLM (one salient group, means) in the shared
+// expert, MoBiE's residual (no salient columns) in o_proj, q | k | v stacked with different salient columns each (one
+// region per linear), and MoBiE's layout in layers 2, 3. Random signs, split bits and f16-exact scales of the weights'
+// magnitude.
+std::unique_ptr<Model> random_binary_model() {
+    auto         m = Model::load(test::bundled_model());
+    std::mt19937 rng(5);
+    auto         bin = [&](const Linear& l, int sg, bool mean, bool cols) {
+        return std::make_unique<BinaryLinear>(
+            test::random_binary_weights(l.out_features(), l.in_features(), sg, mean, cols, rng));
+    };
+    // MoBiE's layout in layers 2, 3: binary residuals plus a rank-4 basis per kind shared by the experts (input
+    // side for gate / up, output side for down), the runner's shared-basis path.
+    auto dense = [&](int out, int in) {
+        std::vector<float> w((size_t)out * in);
+        for (auto& v : w) v = (float)((int)(rng() % 200) - 100) / 2000.f;
+        return std::make_unique<DenseLinear>(in, out, std::move(w));
+    };
+    const int H = m->spec().n_embd, F = m->spec().n_ff_expert, rk = 4;
+    for (int il = 0; il < m->spec().n_layer; ++il) {
+        LayerWeights& L = m->layer(il);
+        if (il >= 2) {
+            std::shared_ptr<const Linear> bg = dense(rk, H), bu = dense(rk, H), bd = dense(H, rk);
+            for (size_t e = 0; e < L.experts.size(); ++e) {
+                auto& ex = L.experts[e];
+                ex[0] = std::make_unique<CejdLinear>(bin(*ex[0], 0, false, true), dense(F, rk), bg, true, "g", e == 0);
+                ex[1] = std::make_unique<CejdLinear>(bin(*ex[1], 0, false, true), dense(F, rk), bu, true, "u", e == 0);
+                ex[2] = std::make_unique<CejdLinear>(bin(*ex[2], 0, false, true), dense(rk, F), bd, false, "d", e == 0);
+            }
+        }
+        for (auto& e : L.experts)
+            if (il < 2)
+                for (auto& l : e) l = bin(*l, 2, false, true);
+        for (auto* l : {&L.shared_gate, &L.shared_up, &L.shared_down}) *l = bin(**l, 1, true, false);
+        L.o = bin(*L.o, 0, true, false);
+        for (auto* l : {&L.q, &L.k, &L.v}) *l = bin(**l, 1, true, false);
+    }
+    return m;
+}
+
 } // namespace
 
 TEST(VulkanRunner, LogitsMatchCpuEveryFamily) {
@@ -175,20 +216,23 @@ TEST(VulkanRunner, WeightSetsSplitOverBindingsMatchCpu) {
     // dispatch each. The logits must match the CPU's and the unsplit runner's: every row's dot product is the same,
     // so they agree bit for bit except where a split shared expert leaves the routed experts' dispatches (SharedExpert)
     // for its own, whose f32 rounding (FMA contraction) may differ in the last bit. f32 weights (random DeepSeek-MoE: dense first layer, shared experts), the bundled model's bf16, nbit
-    // (rtn 4-bit), vq (parts of whole 32-row codebook blocks) and KBVQ (vq residuals, 8-bit coefficients). 7 tokens:
-    // the (7, n_vocab) logits fit one binding.
+    // (rtn 4-bit), vq (parts of whole 32-row codebook blocks), KBVQ (vq residuals, 8-bit coefficients) and binary
+    // (random_binary_model: each part carries its rows' region offsets and its linears' salient-column regions; 160 KiB,
+    // as every part of the ARB-RC experts' gate/up carries the 32 matrices' regions, 132 KiB). 7 tokens: the
+    // (7, n_vocab) logits fit one binding.
     VK_DEVICE_OR_SKIP(dev);
     struct Restore {
         vk::Device* d;
         ~Restore() { d->set_max_binding_bytes(0); }
     } restore{dev};
     const std::vector<int32_t> prompt(k_prompt.begin(), k_prompt.begin() + 7);
-    const char* names[] = {"f32", "bf16", "rtn", "vq", "kbvq"};
-    for (int pass = 0; pass < 5; ++pass) {
+    const char* names[] = {"f32", "bf16", "rtn", "vq", "kbvq", "binary"};
+    for (int pass = 0; pass < 6; ++pass) {
         SCOPED_TRACE(names[pass]);
         auto m = pass == 0   ? Model::load(test::random_model("deepseekmoe"))
                  : pass == 3 ? random_vq_model()
                  : pass == 4 ? random_kbvq_model()
+                 : pass == 5 ? random_binary_model()
                              : Model::load(test::bundled_model());
         if (pass == 2) {
             quant::QuantizeOptions opt;
@@ -204,7 +248,7 @@ TEST(VulkanRunner, WeightSetsSplitOverBindingsMatchCpu) {
             r.forward(prompt.data(), n, whole.data(), true);
         }
         // vq parts are whole 32-row codebook blocks: 32 rows of the 32 expert gate/up matrices are 64 KiB of indices.
-        dev->set_max_binding_bytes(pass >= 3 ? 128 << 10 : 64 << 10);
+        dev->set_max_binding_bytes(pass == 5 ? 160 << 10 : pass >= 3 ? 128 << 10 : 64 << 10);
         vk::Runner r(*dev, *m, 16);
         EXPECT_GE(r.split_sets(), 3u);
         EXPECT_TRUE(r.notes().empty()) << r.notes().front();
@@ -315,43 +359,10 @@ TEST(VulkanRunner, VqBinaryAndSharedBasisKernelsMatchCpu) {
         EXPECT_TRUE(r.notes().empty()) << r.notes().front();
         expect_same_logits(*dev, *m, k_prompt, 2, 2e-5);
     }
-    // The binary format read by the kernels (qweight.glsl FORMAT 3), in every variant the binarizers write: ARB-RC
-    // (two salient groups, column scales, no means) in the experts, BiLLM (one salient group, means) in the shared
-    // expert, MoBiE's residual (no salient columns) in o_proj, and q | k | v stacked with different salient columns
-    // each (one region per linear). Random signs, split bits and f16-exact scales of the weights' magnitude.
+    // The binary format read by the kernels in every variant the binarizers write, and MoBiE's shared-basis path
+    // (random_binary_model).
     {
-        auto         m = Model::load(test::bundled_model());
-        std::mt19937 rng(5);
-        auto         bin = [&](const Linear& l, int sg, bool mean, bool cols) {
-            return std::make_unique<BinaryLinear>(
-                test::random_binary_weights(l.out_features(), l.in_features(), sg, mean, cols, rng));
-        };
-        // MoBiE's layout in layers 2, 3: binary residuals plus a rank-4 basis per kind shared by the experts (input
-        // side for gate / up, output side for down), the runner's shared-basis path.
-        auto dense = [&](int out, int in) {
-            std::vector<float> w((size_t)out * in);
-            for (auto& v : w) v = (float)((int)(rng() % 200) - 100) / 2000.f;
-            return std::make_unique<DenseLinear>(in, out, std::move(w));
-        };
-        const int H = m->spec().n_embd, F = m->spec().n_ff_expert, rk = 4;
-        for (int il = 0; il < m->spec().n_layer; ++il) {
-            LayerWeights& L = m->layer(il);
-            if (il >= 2) {
-                std::shared_ptr<const Linear> bg = dense(rk, H), bu = dense(rk, H), bd = dense(H, rk);
-                for (size_t e = 0; e < L.experts.size(); ++e) {
-                    auto& ex = L.experts[e];
-                    ex[0] = std::make_unique<CejdLinear>(bin(*ex[0], 0, false, true), dense(F, rk), bg, true, "g", e == 0);
-                    ex[1] = std::make_unique<CejdLinear>(bin(*ex[1], 0, false, true), dense(F, rk), bu, true, "u", e == 0);
-                    ex[2] = std::make_unique<CejdLinear>(bin(*ex[2], 0, false, true), dense(rk, F), bd, false, "d", e == 0);
-                }
-            }
-            for (auto& e : L.experts)
-                if (il < 2)
-                    for (auto& l : e) l = bin(*l, 2, false, true);
-            for (auto* l : {&L.shared_gate, &L.shared_up, &L.shared_down}) *l = bin(**l, 1, true, false);
-            L.o = bin(*L.o, 0, true, false);
-            for (auto* l : {&L.q, &L.k, &L.v}) *l = bin(**l, 1, true, false);
-        }
+        auto m = random_binary_model();
         vk::Runner r(*dev, *m, 16);
         EXPECT_TRUE(r.notes().empty()) << r.notes().front();
         expect_same_logits(*dev, *m, k_prompt, 2, 2e-5);
