@@ -87,14 +87,13 @@ nlohmann::ordered_json quantization_metadata(const QuantizeOptions& opt, const C
 }
 
 void QuantizeReport::add_stage_seconds(const std::string& stage, double wall, double cpu) {
-    for (size_t i = 0; i < stage_seconds.size(); ++i)
-        if (stage_seconds[i].first == stage) {
-            stage_seconds[i].second += wall;
-            stage_cpu_seconds[i].second += cpu;
+    for (StageTime& s : stages)
+        if (s.name == stage) {
+            s.wall += wall;
+            s.cpu += cpu;
             return;
         }
-    stage_seconds.emplace_back(stage, wall);
-    stage_cpu_seconds.emplace_back(stage, cpu);
+    stages.push_back({stage, wall, cpu});
 }
 
 namespace {
@@ -129,11 +128,13 @@ nlohmann::ordered_json QuantizeReport::to_json() const {
             {{"name", m.name}, {"tokens", m.tokens}, {"rel_error", m.rel_error}, {"bits", 8.0 * m.bytes / m.weights}});
     }
     j["per_layer"] = layers;
-    auto stages = nlohmann::ordered_json::object();
-    auto cpu    = nlohmann::ordered_json::object();
-    for (const auto& [name, t] : stage_seconds) stages[name] = t;
-    for (const auto& [name, t] : stage_cpu_seconds) cpu[name] = t;
-    j["stage_seconds"]     = stages;
+    auto wall = nlohmann::ordered_json::object();
+    auto cpu  = nlohmann::ordered_json::object();
+    for (const StageTime& s : stages) {
+        wall[s.name] = s.wall;
+        cpu[s.name]  = s.cpu;
+    }
+    j["stage_seconds"]     = wall;
     j["stage_cpu_seconds"] = cpu;
     if (!moe_output_bias.empty()) {
         auto b = nlohmann::ordered_json::array();

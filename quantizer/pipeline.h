@@ -103,10 +103,14 @@ struct QuantizeReport {
     // Wall time of quantize_model's stages, summed over layers, in first-seen order (`--json`'s stage_seconds):
     // glas (MoBiE's backward pass), fp_stream (the FP model's layers beside the quantizer), capture (the statistics
     // passes, incl. FP-stream cross moments), fp_target (W̃), quantize (the method itself), propagate (pushing the
-    // calibration states through the quantized layer), checkpoint (saving each layer for --resume). stage_cpu_seconds:
-    // the process's CPU time over the same spans (all threads; on a loaded machine less noisy than wall time).
-    std::vector<std::pair<std::string, double>> stage_seconds, stage_cpu_seconds;
-    void add_stage_seconds(const std::string& stage, double wall, double cpu);
+    // calibration states through the quantized layer), checkpoint (saving each layer for --resume). cpu (`--json`'s
+    // stage_cpu_seconds): the process's CPU time over the same spans (all threads; on a loaded machine less noisy).
+    struct StageTime {
+        std::string name;
+        double      wall = 0, cpu = 0;
+    };
+    std::vector<StageTime> stages;
+    void                   add_stage_seconds(const std::string& stage, double wall, double cpu);
     nlohmann::ordered_json to_json() const;
 };
 
