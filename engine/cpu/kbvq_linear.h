@@ -52,6 +52,8 @@ class KbvqLinear final : public Linear {
     const VqLinear&                    residual() const { return vq_; }
     const std::shared_ptr<const KbvqShared>& shared() const { return shared_; }
     int                                rank() const { return p_.rank; }
+    // The stored arrays: 8-bit coefficients, their f16 scales, the owner module's name (the Vulkan upload reads them).
+    const KbvqPacked&                  packed() const { return p_; }
     // Replaces the shared arrays (BCOS sets γ and β after every expert of the group is quantized).
     void set_shared(std::shared_ptr<const KbvqShared> s);
 

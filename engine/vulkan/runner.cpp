@@ -38,7 +38,7 @@ std::vector<const KbvqLinear*> kbvq_group(const std::vector<std::array<std::uniq
     for (const auto& e : experts) {
         const auto* k = dynamic_cast<const KbvqLinear*>(e[kind].get());
         if (!k) return {};
-        const std::string o = k->packed_config().value("shared", std::string());
+        const std::string& o = k->packed().owner;
         if (g.empty()) owner = o;
         if (o != owner || k->rank() != dynamic_cast<const KbvqLinear&>(*experts[0][kind]).rank()) return {};
         g.push_back(k);
@@ -48,14 +48,10 @@ std::vector<const KbvqLinear*> kbvq_group(const std::vector<std::array<std::uniq
 
 // A KBVQ linear's coefficients as stored: q (rank, in) int8 and f16 row scales, padded with zero rows to `rank`.
 void append_kbvq_coef(const KbvqLinear& l, int rank, std::vector<int8_t>& q, std::vector<uint16_t>& scales) {
-    const size_t q0 = q.size(), s0 = scales.size();
-    for (const PackedTensor& t : l.packed_tensors()) {
-        const auto* b = t.bytes.data();
-        if (t.suffix == ".kbvq_coef") q.insert(q.end(), (const int8_t*)b, (const int8_t*)b + t.bytes.size());
-        if (t.suffix == ".kbvq_coef_scales")
-            scales.insert(scales.end(), (const uint16_t*)b, (const uint16_t*)b + t.bytes.size() / 2);
-    }
-    MOEBIUS_ASSERT(q.size() - q0 == (size_t)l.rank() * l.in_features() && scales.size() - s0 == (size_t)l.rank());
+    const size_t      q0 = q.size(), s0 = scales.size();
+    const KbvqPacked& p  = l.packed(); // sizes validated by KbvqLinear's constructor
+    q.insert(q.end(), p.coef.begin(), p.coef.end());
+    scales.insert(scales.end(), p.coef_scales.begin(), p.coef_scales.end());
     q.resize(q0 + (size_t)rank * l.in_features(), 0);
     scales.resize(s0 + rank, 0);
 }
