@@ -38,10 +38,20 @@ struct LayerEvent {
     const int*   positions;
 };
 
+// How much of a layer a statistics pass runs (Model::forward_layer stops after it). A stopped layer leaves its x
+// unspecified, gives on_layer output = nullptr, and the linears it no longer needs run only as far as their events:
+enum class LayerStop {
+    None,             // the whole layer
+    Attention,        // through o_proj; no FFN events
+    FfnInputs,        // + the router; FFN gate/up events carry y = nullptr and down has none
+    FfnIntermediates, // + FFN gate/up outputs; down events carry y = nullptr
+};
+
 struct Hooks {
     std::function<void(const LinearEvent&)> on_linear;
     std::function<void(const RouterEvent&)> on_router;
     std::function<void(const LayerEvent&)>  on_layer;
+    LayerStop                               stop = LayerStop::None;
     bool any() const { return on_linear || on_router || on_layer; }
 };
 

@@ -250,19 +250,24 @@ void Model::forward_layer(int il, float* x, int n, KVCache* cache, const Hooks* 
     std::vector<float> input;
     if (hooks && hooks->on_layer) input.assign(x, x + (size_t)n * H);
 
+    const LayerStop stop = hooks ? hooks->stop : LayerStop::None;
+    auto            done = [&](const float* out) {
+        if (hooks && hooks->on_layer) hooks->on_layer(LayerEvent{il, n, H, input.data(), out, positions.data()});
+    };
     std::vector<float> hn((size_t)n * H), delta((size_t)n * H);
     // h = x + Attn(RMSNorm(x))
     cpu::rmsnorm(x, n, H, L.attn_norm.data(), spec_.rms_eps, hn.data());
     attention(il, hn.data(), n, cache, n_past, hooks, delta.data());
+    if (stop == LayerStop::Attention) return done(nullptr);
     for (size_t i = 0; i < delta.size(); ++i) x[i] += delta[i];
     // out = h + FFN(RMSNorm(h))
     cpu::rmsnorm(x, n, H, L.ffn_norm.data(), spec_.rms_eps, hn.data());
     if (L.is_moe) moe_ffn(il, hn.data(), n, positions.data(), hooks, delta.data());
     else dense_ffn(il, *L.dense_gate, *L.dense_up, *L.dense_down, LinearKind::DenseGate, hn.data(), n,
                    positions.data(), hooks, delta.data());
+    if (stop != LayerStop::None) return done(nullptr);
     for (size_t i = 0; i < delta.size(); ++i) x[i] += delta[i];
-
-    if (hooks && hooks->on_layer) hooks->on_layer(LayerEvent{il, n, H, input.data(), x, positions.data()});
+    done(x);
 }
 
 void Model::attention(int il, const float* hn, int n, KVCache* cache, int n_past, const Hooks* hooks,
@@ -360,17 +365,25 @@ void Model::attention(int il, const float* hn, int n, KVCache* cache, int n_past
 void Model::dense_ffn(int il, const Linear& g, const Linear& u, const Linear& d, LinearKind kind0, const float* hn,
                       int n, const int* positions, const Hooks* hooks, float* out) const {
     const int          H = spec_.n_embd, F = g.out_features();
+    const LayerStop    stop = hooks ? hooks->stop : LayerStop::None;
+    const auto         k1 = (LinearKind)((int)kind0 + 1), k2 = (LinearKind)((int)kind0 + 2);
+    auto               event = [&](LinearKind k, int in, int o, const float* x, const float* y) {
+        if (hooks && hooks->on_linear) hooks->on_linear(LinearEvent{il, k, -1, n, in, o, x, y, nullptr, positions, nullptr});
+    };
+    if (stop == LayerStop::FfnInputs) {
+        event(kind0, H, F, hn, nullptr);
+        event(k1, H, F, hn, nullptr);
+        return;
+    }
     std::vector<float> gb((size_t)n * F), ub((size_t)n * F), hb((size_t)n * F);
     g.forward(hn, n, gb.data());
     u.forward(hn, n, ub.data());
     cpu::silu_mul(gb.data(), ub.data(), n, F, hb.data());
-    d.forward(hb.data(), n, out);
-    if (hooks && hooks->on_linear) {
-        auto k1 = (LinearKind)((int)kind0 + 1), k2 = (LinearKind)((int)kind0 + 2);
-        hooks->on_linear(LinearEvent{il, kind0, -1, n, H, F, hn, gb.data(), nullptr, positions, nullptr});
-        hooks->on_linear(LinearEvent{il, k1, -1, n, H, F, hn, ub.data(), nullptr, positions, nullptr});
-        hooks->on_linear(LinearEvent{il, k2, -1, n, F, H, hb.data(), out, nullptr, positions, nullptr});
-    }
+    const bool run_down = stop == LayerStop::None;
+    if (run_down) d.forward(hb.data(), n, out);
+    event(kind0, H, F, hn, gb.data());
+    event(k1, H, F, hn, ub.data());
+    event(k2, F, H, hb.data(), run_down ? out : nullptr);
 }
 
 void Model::moe_ffn(int il, const float* hn, int n, const int* positions, const Hooks* hooks, float* out) const {
@@ -429,7 +442,9 @@ void Model::moe_ffn(int il, const float* hn, int n, const int* positions, const 
     // all tokens before the experts, down's B (Σ_e g_e C_e h_e) after the weighted sum. With statistics hooks the
     // per-expert down outputs must be complete, so down then takes the per-expert path (same values, other rounding).
     const CejdLinear* cin[2] = {shared_basis_group(L.experts, 0, true), shared_basis_group(L.experts, 1, true)};
-    const CejdLinear* cdown  = hooks && hooks->on_linear ? nullptr : shared_basis_group(L.experts, 2, false);
+    const CejdLinear* cdown  = hooks && (hooks->on_linear || hooks->stop != LayerStop::None)
+                                    ? nullptr
+                                    : shared_basis_group(L.experts, 2, false);
     std::vector<float> zin[2]; // (n, r) per kind
     for (int k = 0; k < 2; ++k)
         if (cin[k]) {
@@ -437,6 +452,23 @@ void Model::moe_ffn(int il, const float* hn, int n, const int* positions, const 
             cin[k]->basis()->forward(hn, n, zin[k].data());
         }
     std::vector<std::vector<float>> cz(E); // [expert] (m, r): down's C h when cdown
+    const LayerStop stop = hooks ? hooks->stop : LayerStop::None;
+    if (stop == LayerStop::FfnInputs) {
+        // The experts' inputs only: gather each bucket's rows, run nothing.
+        for (int e : active) {
+            Bucket&   b = buckets[e];
+            const int m = (int)b.tok.size();
+            b.x.resize((size_t)m * H);
+            for (int r = 0; r < m; ++r) std::copy_n(hn + (int64_t)b.tok[r] * H, H, b.x.data() + (int64_t)r * H);
+            if (hooks && hooks->on_linear)
+                for (LinearKind k : {LinearKind::ExpertGate, LinearKind::ExpertUp})
+                    hooks->on_linear(
+                        LinearEvent{il, k, e, m, H, F, b.x.data(), nullptr, b.tok.data(), b.pos.data(), b.w.data()});
+        }
+        shared_ffn(il, hn, n, positions, hooks, out);
+        return;
+    }
+    const bool run_down = stop == LayerStop::None;
 
     // Experts run concurrently (their matmuls single-threaded inside); small layers stay on one thread.
 #pragma omp parallel for schedule(dynamic) if (active.size() > 1 && routed * 3 * H * F >= (1 << 20))
@@ -465,6 +497,7 @@ void Model::moe_ffn(int il, const float* hn, int n, const int* positions, const 
             for (size_t i = 0; i < t.size(); ++i) dst[i] += t[i];
         }
         cpu::silu_mul(b.g.data(), b.u.data(), m, F, b.h.data());
+        if (!run_down) continue;
         if (cdown) {
             const auto& c = static_cast<const CejdLinear&>(*ex[2]);
             c.residual().forward(b.h.data(), m, b.y.data());
@@ -485,9 +518,10 @@ void Model::moe_ffn(int il, const float* hn, int n, const int* positions, const 
                                          b.tok.data(), b.pos.data(), b.w.data()});
             hooks->on_linear(LinearEvent{il, LinearKind::ExpertUp, e, m, H, F, b.x.data(), b.u.data(), b.tok.data(),
                                          b.pos.data(), b.w.data()});
-            hooks->on_linear(LinearEvent{il, LinearKind::ExpertDown, e, m, F, H, b.h.data(), b.y.data(),
-                                         b.tok.data(), b.pos.data(), b.w.data()});
+            hooks->on_linear(LinearEvent{il, LinearKind::ExpertDown, e, m, F, H, b.h.data(),
+                                         run_down ? b.y.data() : nullptr, b.tok.data(), b.pos.data(), b.w.data()});
         }
+        if (!run_down) continue;
         for (int r = 0; r < m; ++r) {
             float*       o = out + (int64_t)b.tok[r] * H;
             const float* y = b.y.data() + (int64_t)r * H;
@@ -509,21 +543,27 @@ void Model::moe_ffn(int il, const float* hn, int n, const int* positions, const 
         for (size_t i = 0; i < t.size(); ++i) out[i] += t[i];
     }
 
-    if (L.shared_gate) {
-        std::vector<float> s((size_t)n * H);
-        dense_ffn(il, *L.shared_gate, *L.shared_up, *L.shared_down, LinearKind::SharedGate, hn, n, positions, hooks,
-                  s.data());
-        std::vector<float> gate(n, 1.f);
-        if (L.shared_expert_gate) {
-            L.shared_expert_gate->forward(hn, n, gate.data());
-            if (hooks && hooks->on_linear)
-                hooks->on_linear(LinearEvent{il, LinearKind::SharedExpertGate, -1, n, H, 1, hn, gate.data(), nullptr,
-                                             positions, nullptr});
-            for (float& g : gate) g = cpu::sigmoid(g);
-        }
-        for (int t = 0; t < n; ++t)
-            for (int d = 0; d < H; ++d) out[(int64_t)t * H + d] += gate[t] * s[(int64_t)t * H + d];
+    shared_ffn(il, hn, n, positions, hooks, out);
+}
+
+void Model::shared_ffn(int il, const float* hn, int n, const int* positions, const Hooks* hooks, float* out) const {
+    const LayerWeights& L = layers_[il];
+    if (!L.shared_gate) return;
+    const int          H = spec_.n_embd;
+    std::vector<float> s((size_t)n * H);
+    dense_ffn(il, *L.shared_gate, *L.shared_up, *L.shared_down, LinearKind::SharedGate, hn, n, positions, hooks,
+              s.data());
+    std::vector<float> gate(n, 1.f);
+    if (L.shared_expert_gate) {
+        L.shared_expert_gate->forward(hn, n, gate.data());
+        if (hooks && hooks->on_linear)
+            hooks->on_linear(LinearEvent{il, LinearKind::SharedExpertGate, -1, n, H, 1, hn, gate.data(), nullptr,
+                                         positions, nullptr});
+        for (float& g : gate) g = cpu::sigmoid(g);
     }
+    if (hooks && hooks->stop != LayerStop::None) return;
+    for (int t = 0; t < n; ++t)
+        for (int d = 0; d < H; ++d) out[(int64_t)t * H + d] += gate[t] * s[(int64_t)t * H + d];
 }
 
 } // namespace moebius

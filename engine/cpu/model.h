@@ -108,6 +108,8 @@ private:
     static LayerWeights           load_layer_weights(const ModelSpec& spec, const WeightStore& store, int il);
     void attention(int il, const float* hn, int n, KVCache* cache, int n_past, const Hooks* hooks, float* out) const;
     void moe_ffn(int il, const float* hn, int n, const int* positions, const Hooks* hooks, float* out) const;
+    // out (n, H) += the shared expert(s) of a MoE layer, gated (Qwen2-MoE) or not; nothing if the layer has none.
+    void shared_ffn(int il, const float* hn, int n, const int* positions, const Hooks* hooks, float* out) const;
     void dense_ffn(int il, const Linear& g, const Linear& u, const Linear& d, LinearKind kind0, const float* hn, int n,
                    const int* positions, const Hooks* hooks, float* out) const;
 

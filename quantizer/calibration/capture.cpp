@@ -132,6 +132,10 @@ LayerStats LayerwiseRunner::capture(const CaptureOptions& opt, const ProgressFn&
         hooks.on_router = also->on_router;
         hooks.on_layer  = also->on_layer;
     }
+    // The layer runs only as far as these statistics (and `also`, which reads inputs) need.
+    hooks.stop = !opt.ffn && !opt.experts ? LayerStop::Attention
+                 : !ffn_mid && !exp_mid   ? LayerStop::FfnInputs
+                                          : LayerStop::FfnIntermediates;
     run(hooks, progress);
     return st;
 }

@@ -51,8 +51,9 @@ public:
     const CalibrationSet&     calibration() const { return calib_; }
     int                       current_layer() const { return layer_; }
     bool                      done() const { return layer_ >= model_.spec().n_layer; }
-    // Runs the current layer on every sample with statistics hooks; outputs are discarded. also (optional) observes
-    // the same pass (a second collector without a second pass).
+    // Runs the current layer on every sample with statistics hooks; outputs are discarded. The layer stops once the
+    // requested statistics are complete (Hooks::stop), so `also` (optional: a second collector on the same pass) sees
+    // every linear's input but only the outputs the pass computed (y = nullptr for the others).
     LayerStats capture(const CaptureOptions& opt, const ProgressFn& progress = {}, const Hooks* also = nullptr);
     // Runs the current layer on every sample with arbitrary hooks; outputs are discarded.
     void run(const Hooks& hooks, const ProgressFn& progress = {});

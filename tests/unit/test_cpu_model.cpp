@@ -113,6 +113,77 @@ TEST(CpuModel, HooksSeeEveryRoutedToken) {
     }
 }
 
+// A statistics pass that stops a layer early (Hooks::stop) reports the same inputs, and the outputs it computed,
+// as the whole layer does; the events it leaves out or leaves without output are the documented ones.
+TEST(CpuModel, LayerStopReportsTheFullPassInputs) {
+    for (const char* family : {"deepseekmoe", "qwen3moe", "mixtral", "olmoe", "qwen2moe"}) {
+        auto        model = std::string(family) == "qwen2moe" ? Model::load(test::bundled_model())
+                                                              : Model::load(test::random_model(family));
+        const auto& spec  = model->spec();
+        const int   n     = 19;
+        std::vector<int32_t> ids(n);
+        for (int t = 0; t < n; ++t) ids[t] = (31 * t + 7) % spec.n_vocab;
+        std::vector<float> x0((size_t)n * spec.n_embd);
+        model->embed(ids.data(), n, x0.data());
+        struct Ev {
+            LinearKind         kind;
+            int                expert;
+            std::vector<float> x, y; // y empty: not computed
+        };
+        for (int il = 0; il < spec.n_layer; ++il) {
+            auto pass = [&](LayerStop stop, std::vector<Ev>& evs, int& layer_events) {
+                Hooks h;
+                h.stop      = stop;
+                h.on_linear = [&](const LinearEvent& e) {
+                    evs.push_back({e.kind, e.expert, std::vector<float>(e.x, e.x + (size_t)e.n * e.in),
+                                   e.y ? std::vector<float>(e.y, e.y + (size_t)e.n * e.out) : std::vector<float>{}});
+                };
+                h.on_layer = [&](const LayerEvent& e) {
+                    ++layer_events;
+                    EXPECT_EQ(e.output == nullptr, stop != LayerStop::None);
+                };
+                std::vector<float> x = x0;
+                model->forward_layer(il, x.data(), n, nullptr, &h);
+            };
+            std::vector<Ev> full;
+            int             layers = 0;
+            pass(LayerStop::None, full, layers);
+            for (LayerStop stop : {LayerStop::Attention, LayerStop::FfnInputs, LayerStop::FfnIntermediates}) {
+                std::vector<Ev> part;
+                int             seen = 0;
+                pass(stop, part, seen);
+                EXPECT_EQ(seen, 1);
+                std::vector<const Ev*> want; // the full pass's events this stop keeps, in order
+                for (const Ev& e : full) {
+                    const bool ffn  = e.kind > LinearKind::O;
+                    const bool down = e.kind == LinearKind::ExpertDown || e.kind == LinearKind::SharedDown ||
+                                      e.kind == LinearKind::DenseDown;
+                    if (stop == LayerStop::Attention && ffn) continue;
+                    if (stop == LayerStop::FfnInputs && down) continue;
+                    want.push_back(&e);
+                }
+                ASSERT_EQ(part.size(), want.size()) << family << " layer " << il << " stop " << (int)stop;
+                for (size_t i = 0; i < part.size(); ++i) {
+                    const Ev& a = part[i];
+                    const Ev& b = *want[i];
+                    ASSERT_EQ(a.kind, b.kind);
+                    EXPECT_EQ(a.expert, b.expert);
+                    EXPECT_TRUE(a.x == b.x) << family << " " << linear_kind_name(a.kind);
+                    const bool gate_up = a.kind == LinearKind::ExpertGate || a.kind == LinearKind::ExpertUp ||
+                                         a.kind == LinearKind::SharedGate || a.kind == LinearKind::SharedUp ||
+                                         a.kind == LinearKind::DenseGate || a.kind == LinearKind::DenseUp;
+                    const bool down = a.kind == LinearKind::ExpertDown || a.kind == LinearKind::SharedDown ||
+                                      a.kind == LinearKind::DenseDown;
+                    const bool no_y = (stop == LayerStop::FfnInputs && gate_up) || (stop == LayerStop::FfnIntermediates && down);
+                    if (no_y) EXPECT_TRUE(a.y.empty()) << linear_kind_name(a.kind);
+                    else EXPECT_TRUE(a.y == b.y) << family << " " << linear_kind_name(a.kind);
+                }
+            }
+            model->forward_layer(il, x0.data(), n, nullptr); // the next layer's input
+        }
+    }
+}
+
 TEST(CpuModel, ContextOverflowIsAnError) {
     const Model&         m = bundled();
     KVCache              c = m.new_cache(4);
