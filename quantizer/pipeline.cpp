@@ -510,7 +510,7 @@ QuantizeReport quantize_model(Model& model, const CalibrationSet& calib, const Q
         grads = std::make_unique<GradientStats>(collect_gradient_stats(model, gcal, [&](const Progress& p) {
             report_progress(progress, 0.0, "GLAS: " + p.stage);
             return true;
-        }));
+        }, /*routed_experts_only=*/true));
     }
     std::unique_ptr<LayerwiseRunner> run;
     if (!rtn) {

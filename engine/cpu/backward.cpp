@@ -133,7 +133,7 @@ struct Ctx {
     }
     void emit(int il, LinearKind kind, int expert, int m, int in, int out, const float* x, const float* dz,
               const int* tok = nullptr, const float* rw = nullptr) const {
-        if (!opt.on_linear_grad) return;
+        if (!opt.on_linear_grad || (opt.routed_experts_only && !is_expert_kind(kind))) return;
         opt.on_linear_grad(
             LinearGradEvent{il, kind, expert, m, in, out, x, dz, tok, tok ? tok : positions.data(), rw});
     }
@@ -206,8 +206,8 @@ void ffn_backward(const Ctx& c, int il, const Linear& lg, const Linear& lu, cons
 }
 
 // Sparse MoE block (routed experts, router, shared expert) given dout = ∂ℓ/∂(block output) (n, H):
-// dhn (n, H) += ∂ℓ/∂(block input).
-void moe_backward(const Ctx& c, int il, const LayerActs& A, const float* dout, float* dhn) {
+// dhn (n, H) += ∂ℓ/∂(block input). experts_only: just the routed experts' events (dhn untouched).
+void moe_backward(const Ctx& c, int il, const LayerActs& A, const float* dout, float* dhn, bool experts_only) {
     const LayerWeights& L = c.model.layer(il);
     const int n = c.n, H = c.spec.n_embd, E = c.spec.n_expert, K = c.spec.n_expert_used, F = c.spec.n_ff_expert;
 
@@ -268,6 +268,17 @@ void moe_backward(const Ctx& c, int il, const LayerActs& A, const float* dout, f
         }
     }
     if (failure) std::rethrow_exception(failure);
+    if (experts_only) {
+        for (int e : active) {
+            const ExpertActs& X = A.experts[e];
+            const ExpertGrad& G = eg[e];
+            const int         m = (int)X.tok.size();
+            c.emit(il, LinearKind::ExpertDown, e, m, F, H, X.a.data(), G.dy.data(), X.tok.data(), X.w.data());
+            c.emit(il, LinearKind::ExpertGate, e, m, H, F, X.x.data(), G.dg.data(), X.tok.data(), X.w.data());
+            c.emit(il, LinearKind::ExpertUp, e, m, H, F, X.x.data(), G.du.data(), X.tok.data(), X.w.data());
+        }
+        return;
+    }
 
     // Scatter back in ascending expert order (deterministic); route ∂ℓ/∂w to its top-k slot.
     std::vector<float> dtopw((size_t)n * K, 0.f); // (n, K)
@@ -448,12 +459,8 @@ void attention_backward(const Ctx& c, int il, const LayerActs& A, const float* x
                           c.opt.weight_grads ? c.grad(s.layer_prefix(il) + "input_layernorm.weight") : nullptr);
 }
 
-// One decoder layer from its stored input x (n, H). dres: in ∂ℓ/∂(layer output), out ∂ℓ/∂x.
-void layer_backward(const Ctx& c, int il, const float* x, float* dres, LayerActs& A) {
-    const LayerWeights& L = c.model.layer(il);
-    const int           n = c.n, H = c.spec.n_embd;
-
-    // Recompute the layer with the model's own forward, keeping its activations.
+// Runs layer il on x (n, H) in place with the model's own forward, recording its activations in A.
+void record_layer(const Ctx& c, int il, float* x, LayerActs& A) {
     A.experts.assign(c.spec.n_expert, ExpertActs{});
     A.shared_gate.clear();
     Hooks hooks;
@@ -463,17 +470,36 @@ void layer_backward(const Ctx& c, int il, const float* x, float* dres, LayerActs
         A.topi.assign(ev.topk_ids, ev.topk_ids + (int64_t)ev.n * ev.k);
         A.topw.assign(ev.topk_weights, ev.topk_weights + (int64_t)ev.n * ev.k);
     };
-    std::vector<float> h(x, x + (size_t)n * H); // (n, H)
-    c.model.forward_layer(il, h.data(), n, nullptr, &hooks);
+    c.model.forward_layer(il, x, c.n, nullptr, &hooks);
+}
+
+// Upper bound of one layer's LayerActs in bytes for n tokens.
+size_t layer_acts_bytes(const ModelSpec& s, int n) {
+    const int64_t qd = (int64_t)s.n_head * s.head_dim, kvd = (int64_t)s.n_head_kv * s.head_dim, H = s.n_embd;
+    const int64_t ffn = std::max<int64_t>({(int64_t)s.n_ff_shared, (int64_t)s.n_ff_dense, 0});
+    const int64_t per_token = 4 * H + 2 * qd + 2 * kvd + s.n_expert + 2 * s.n_expert_used +
+                              (int64_t)s.n_expert_used * (2 + 2 * H + 3 * s.n_ff_expert) + 1 + 2 * H + 3 * ffn;
+    return (size_t)per_token * n * sizeof(float);
+}
+
+// One decoder layer from its stored input x (n, H) and its activations A. dres: in ∂ℓ/∂(layer output), out ∂ℓ/∂x.
+// lowest (routed_experts_only without weight gradients): stop after the routed experts' events.
+void layer_backward(const Ctx& c, int il, const float* x, float* dres, const LayerActs& A, bool lowest) {
+    const LayerWeights& L = c.model.layer(il);
+    const int           n = c.n, H = c.spec.n_embd;
+    if (lowest) {
+        if (L.is_moe) moe_backward(c, il, A, dres, nullptr, true);
+        return;
+    }
     // h = x + (o_proj output + bias), rounded as forward_layer rounds it.
-    h = A.attn_out;
+    std::vector<float> h = A.attn_out; // (n, H)
     if (!L.bo.empty()) cpu::add_bias(h.data(), n, H, L.bo.data());
     for (size_t i = 0; i < h.size(); ++i) h[i] = x[i] + h[i];
 
     // FFN block: out = h + FFN(RMSNorm(h)).
     std::vector<float> dhn((size_t)n * H, 0.f); // (n, H) ∂ℓ/∂RMSNorm(h)
     if (L.is_moe)
-        moe_backward(c, il, A, dres, dhn.data());
+        moe_backward(c, il, A, dres, dhn.data(), false);
     else
         ffn_backward(c, il, *L.dense_gate, *L.dense_up, *L.dense_down, LinearKind::DenseGate, A.dense, dres,
                      dhn.data());
@@ -540,24 +566,43 @@ Gradients loss_and_gradients(const Model& model, std::span<const int32_t> tokens
     Ctx c{model, spec, n, opt, G, std::vector<int>(n)};
     std::iota(c.positions.begin(), c.positions.end(), 0);
 
-    // Forward, keeping only each layer's input residual.
+    // Forward, keeping each layer's input residual and, when they fit, its activations.
+    const bool keep = layer_acts_bytes(spec, n) * nl <= opt.max_activation_bytes;
+    std::vector<LayerActs>          acts(keep ? nl : 1);
     std::vector<std::vector<float>> xs(nl + 1); // [n_layer + 1] (n, H)
     xs[0].resize((size_t)n * H);
     model.embed(tokens.data(), n, xs[0].data());
     for (int il = 0; il < nl; ++il) {
         xs[il + 1] = xs[il];
-        model.forward_layer(il, xs[il + 1].data(), n, nullptr);
+        if (keep) record_layer(c, il, xs[il + 1].data(), acts[il]);
+        else model.forward_layer(il, xs[il + 1].data(), n, nullptr);
     }
 
     std::vector<float> dx((size_t)n * H); // (n, H) ∂ℓ/∂(residual stream) at the current depth
     G.loss = head_backward(c, tokens, xs[nl].data(), dx.data());
     std::vector<float>().swap(xs[nl]);
 
-    LayerActs acts;
-    for (int il = nl - 1; il >= 0; --il) {
-        layer_backward(c, il, xs[il].data(), dx.data(), acts);
+    // routed_experts_only without weight gradients: nothing is wanted below the lowest MoE layer's experts.
+    int lowest = -1;
+    if (opt.routed_experts_only && !opt.weight_grads) {
+        lowest = nl;
+        for (int il = 0; il < nl; ++il)
+            if (model.layer(il).is_moe) {
+                lowest = il;
+                break;
+            }
+    }
+    for (int il = nl - 1; il >= std::max(lowest, 0); --il) {
+        LayerActs& A = keep ? acts[il] : acts[0];
+        if (!keep) {
+            std::vector<float> h = xs[il]; // (n, H)
+            record_layer(c, il, h.data(), A);
+        }
+        layer_backward(c, il, xs[il].data(), dx.data(), A, il == lowest);
+        if (keep) A = LayerActs{};
         std::vector<float>().swap(xs[il]);
     }
+    if (lowest >= 0) return G; // ∂ℓ/∂x below the lowest layer was not formed
 
     if (float* ge = opt.weight_grads ? c.grad(spec.embed_name()) : nullptr)
         for (int t = 0; t < n; ++t) add_rows(dx.data() + (int64_t)t * H, H, ge + (int64_t)tokens[t] * H);

@@ -2,9 +2,11 @@
 // Backward pass of the CPU model: the mean next-token cross-entropy of one sequence and its gradients with respect to
 // every weight (∂ℓ/∂W) and to every decoder linear's output (∂ℓ/∂Z, per token, through a callback; GLAS saliency).
 //
-// Memory is bounded by recomputation: the forward keeps only each layer's input residual (n × n_embd per layer); the
-// backward re-runs one layer at a time from its stored input (Model::forward_layer with hooks) and backpropagates
-// through it. Attention probabilities are recomputed from the scores, never stored (no n² buffer).
+// The forward keeps every layer's activations for the backward while they fit in GradientOptions::
+// max_activation_bytes; beyond that memory is bounded by recomputation: the forward keeps only each layer's input
+// residual (n × n_embd per layer) and the backward re-runs one layer at a time from it (Model::forward_layer with
+// hooks; the same values) before backpropagating through it. Attention probabilities are recomputed from the scores,
+// never stored (no n² buffer).
 //
 // Top-k expert selection is piecewise constant: gradients flow through the selected probabilities, the softmax and the
 // optional renormalisation, as autograd does. Results are bit-reproducible for a given thread count (no atomics or
@@ -40,6 +42,12 @@ struct GradientOptions {
     // Called once per decoder linear (routed experts: once per expert that received tokens), serially on the calling
     // thread, layers from last to first. Pointers are valid only during the callback.
     std::function<void(const LinearGradEvent&)> on_linear_grad;
+    // Only the routed experts' events are wanted (GLAS): the others are not emitted and, without weight gradients,
+    // the backward stops after the experts of the lowest MoE layer (nothing else reads what lies below them).
+    bool routed_experts_only = false;
+    // The forward's activations of all layers are kept for the backward when they take at most this many bytes;
+    // otherwise each layer is recomputed from its input (one more forward, less memory). Results are identical.
+    size_t max_activation_bytes = size_t(1) << 30;
 };
 
 struct Gradients {

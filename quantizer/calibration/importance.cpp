@@ -2,10 +2,12 @@
 
 #include "engine/core/error.h"
 #include "engine/cpu/backward.h"
+#include "engine/cpu/parallel.h"
 
 #include <Eigen/Cholesky>
 #include <Eigen/Core>
 #include <algorithm>
+#include <exception>
 
 namespace moebius::quant {
 
@@ -103,24 +105,50 @@ const GradientStats::Entry* GradientStats::find(int layer, LinearKind kind, int 
     return it == entries.end() ? nullptr : &it->second;
 }
 
-GradientStats collect_gradient_stats(const Model& model, const CalibrationSet& calib, const ProgressFn& progress) {
-    GradientStats   gs;
-    GradientOptions opt;
-    opt.weight_grads   = false;
-    opt.on_linear_grad = [&](const LinearGradEvent& e) {
-        auto& en = gs.entries[{e.layer, (int)e.kind, e.expert}];
-        if (en.sum_sq.empty()) en.sum_sq.assign(e.out, 0.0);
-        en.tokens += e.n;
-        for (int t = 0; t < e.n; ++t)
-            for (int i = 0; i < e.out; ++i) {
-                const double d = e.dz[(size_t)t * e.out + i];
-                en.sum_sq[i] += d * d;
+GradientStats collect_gradient_stats(const Model& model, const CalibrationSet& calib, const ProgressFn& progress,
+                                     bool routed_experts_only) {
+    GradientStats gs;
+    const int     N = (int)calib.samples.size(), T = num_threads();
+    // A round of T samples at a time (bounded memory), one per thread: every thread runs its sample's backward
+    // single-threaded (nested regions are inactive) whether or not the others have work, so each sample's sums are
+    // the same at any thread count.
+    for (int s0 = 0; s0 < N; s0 += T) {
+        const int m = std::min(T, N - s0);
+        report_progress(progress, (double)s0 / N,
+                        "gradients: samples " + std::to_string(s0 + 1) + "-" + std::to_string(s0 + m) + "/" + std::to_string(N));
+        std::vector<GradientStats> part(m);
+        std::exception_ptr         failure;
+#pragma omp parallel for schedule(static, 1) num_threads(T)
+        for (int i = 0; i < T; ++i) {
+            if (i >= m) continue;
+            try { // exceptions must not cross the OpenMP region: keep the first, rethrow below
+                GradientOptions opt;
+                opt.weight_grads        = false;
+                opt.routed_experts_only = routed_experts_only;
+                opt.on_linear_grad      = [&p = part[i]](const LinearGradEvent& e) {
+                    auto& en = p.entries[{e.layer, (int)e.kind, e.expert}];
+                    if (en.sum_sq.empty()) en.sum_sq.assign(e.out, 0.0);
+                    en.tokens += e.n;
+                    for (int t = 0; t < e.n; ++t)
+                        for (int r = 0; r < e.out; ++r) {
+                            const double d = e.dz[(size_t)t * e.out + r];
+                            en.sum_sq[r] += d * d;
+                        }
+                };
+                loss_and_gradients(model, calib.samples[s0 + i], opt);
+            } catch (...) {
+#pragma omp critical(moebius_gradient_failure)
+                if (!failure) failure = std::current_exception();
             }
-    };
-    for (size_t s = 0; s < calib.samples.size(); ++s) {
-        report_progress(progress, (double)s / calib.samples.size(),
-                        "gradients: sample " + std::to_string(s + 1) + "/" + std::to_string(calib.samples.size()));
-        loss_and_gradients(model, calib.samples[s], opt);
+        }
+        if (failure) std::rethrow_exception(failure);
+        for (const GradientStats& p : part)
+            for (const auto& [key, e] : p.entries) {
+                auto& en = gs.entries[key];
+                if (en.sum_sq.empty()) en.sum_sq.assign(e.sum_sq.size(), 0.0);
+                en.tokens += e.tokens;
+                for (size_t r = 0; r < e.sum_sq.size(); ++r) en.sum_sq[r] += e.sum_sq[r];
+            }
     }
     return gs;
 }

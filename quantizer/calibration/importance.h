@@ -50,6 +50,9 @@ struct GradientStats {
     std::map<std::tuple<int, int, int>, Entry> entries; // key (layer, (int)kind, expert)
     const Entry* find(int layer, LinearKind kind, int expert = -1) const;
 };
-GradientStats collect_gradient_stats(const Model& model, const CalibrationSet& calib, const ProgressFn& progress = {});
+// Samples run concurrently, one per thread; each sample's sums are added in sample order, so the result does not
+// depend on the thread count. routed_experts_only: entries for the routed experts only (cheaper backward).
+GradientStats collect_gradient_stats(const Model& model, const CalibrationSet& calib, const ProgressFn& progress = {},
+                                     bool routed_experts_only = false);
 
 } // namespace moebius::quant

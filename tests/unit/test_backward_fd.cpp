@@ -431,6 +431,45 @@ TEST(Backward, EventsMatchWeightGradientsAndRunsAreDeterministic) {
     EXPECT_TRUE(dz_without == dz_with);
 }
 
+// The backward from kept activations and from per-layer recomputation give the same gradients and events; with
+// routed_experts_only (no weight gradients) exactly the routed experts' events come, equal to the full run's.
+TEST(Backward, KeptAndRecomputedActivationsAndExpertOnlyEventsAgree) {
+    for (const char* family : {"deepseekmoe", "qwen3moe"}) { // deepseekmoe: a dense first layer
+        auto        model = Model::load(test::random_model(family));
+        const auto& spec  = model->spec();
+        const auto  ids   = test_tokens(21, spec.n_vocab, 7u);
+        struct Ev {
+            int                layer, kind, expert;
+            std::vector<float> dz;
+            bool               operator==(const Ev&) const = default;
+        };
+        auto run = [&](GradientOptions opt, std::vector<Ev>& evs) {
+            opt.on_linear_grad = [&](const LinearGradEvent& e) {
+                evs.push_back({e.layer, (int)e.kind, e.expert, std::vector<float>(e.dz, e.dz + (size_t)e.n * e.out)});
+            };
+            return loss_and_gradients(*model, ids, opt);
+        };
+        std::vector<Ev> kept, recomputed, experts;
+        GradientOptions o;
+        const Gradients a = run(o, kept);
+        o.max_activation_bytes = 0;
+        const Gradients b = run(o, recomputed);
+        EXPECT_EQ(a.loss, b.loss) << family;
+        EXPECT_TRUE(a.weights == b.weights) << family;
+        EXPECT_TRUE(kept == recomputed) << family;
+        GradientOptions x;
+        x.weight_grads        = false;
+        x.routed_experts_only = true;
+        run(x, experts);
+        std::vector<Ev> want;
+        for (const Ev& e : kept)
+            if (is_expert_kind((LinearKind)e.kind)) want.push_back(e);
+        ASSERT_FALSE(want.empty()) << family;
+        EXPECT_EQ(experts.size(), want.size()) << family;
+        EXPECT_TRUE(experts == want) << family;
+    }
+}
+
 TEST(Backward, RejectsBadInput) {
     auto                       model = Model::load(test::random_model("mixtral"));
     const std::vector<int32_t> one   = {1};

@@ -5,6 +5,7 @@
 
 #include "engine/core/error.h"
 #include "engine/cpu/model.h"
+#include "engine/cpu/parallel.h"
 #include "quantizer/calibration/importance.h"
 #include "test_util.h"
 
@@ -85,4 +86,37 @@ TEST(Importance, GradientStatsCoverEveryLinear) {
             if (const auto* en = gs.find(il, LinearKind::ExpertDown, e)) routed += en->tokens;
         EXPECT_EQ(routed, 24 * s.n_expert_used);
     }
+}
+
+// Samples run concurrently; the sums must not depend on the thread count, and the experts-only pass must give the
+// full pass's expert entries.
+TEST(Importance, GradientStatsIndependentOfThreadsAndExpertsOnlyMatch) {
+    auto           m = Model::load(test::bundled_model());
+    CalibrationSet set;
+    set.seqlen = 16;
+    for (int s = 0; s < 5; ++s) {
+        std::vector<int32_t> ids(16);
+        for (int t = 0; t < 16; ++t) ids[t] = (37 * s + 101 * t + 5) % m->spec().n_vocab;
+        set.samples.push_back(ids);
+    }
+    const int threads = num_threads();
+    set_num_threads(1);
+    const GradientStats one = collect_gradient_stats(*m, set);
+    set_num_threads(3);
+    const GradientStats three = collect_gradient_stats(*m, set, {}, true);
+    set_num_threads(threads);
+    int experts = 0;
+    for (const auto& [key, e] : one.entries) {
+        const auto it = three.entries.find(key);
+        if (!is_expert_kind((LinearKind)std::get<1>(key))) {
+            EXPECT_TRUE(it == three.entries.end());
+            continue;
+        }
+        ASSERT_TRUE(it != three.entries.end());
+        EXPECT_EQ(it->second.tokens, e.tokens);
+        EXPECT_TRUE(it->second.sum_sq == e.sum_sq);
+        ++experts;
+    }
+    EXPECT_GT(experts, 0);
+    EXPECT_EQ((size_t)experts, three.entries.size());
 }

@@ -1,0 +1,92 @@
+// bench_gradients: time of GLAS's loss-gradient statistics (collect_gradient_stats: forward + backward of the FP model
+// on every calibration sample) against one plain forward of the same samples.
+//
+//   bench_gradients [MODEL] [--samples N=32] [--seqlen L=256] [--threads T] [--all-linears] [--json]
+//
+// Random token windows (fixed seed). --all-linears: statistics for every linear (the importance map's request)
+// instead of the routed experts only (MoBiE's). Reported: seconds for the forward and for the statistics, their ratio.
+#include "engine/core/resources.h"
+#include "engine/cpu/model.h"
+#include "engine/cpu/parallel.h"
+#include "quantizer/calibration/importance.h"
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+
+using namespace moebius;
+using clk = std::chrono::steady_clock;
+
+int main(int argc, char** argv) {
+    std::string model_dir = default_model_dir().string();
+    int         samples = 32, seqlen = 256, threads = 0;
+    bool        json = false, all = false;
+    for (int i = 1; i < argc; ++i) {
+        std::string a    = argv[i];
+        auto        next = [&]() -> const char* {
+            if (i + 1 >= argc) {
+                std::fprintf(stderr, "bench_gradients: %s needs a value\n", a.c_str());
+                std::exit(2);
+            }
+            return argv[++i];
+        };
+        if (a == "--samples") samples = std::atoi(next());
+        else if (a == "--seqlen") seqlen = std::atoi(next());
+        else if (a == "--threads") threads = std::atoi(next());
+        else if (a == "--all-linears") all = true;
+        else if (a == "--json") json = true;
+        else if (a.rfind("--", 0) == 0) {
+            std::fprintf(stderr, "bench_gradients: unknown option %s\n", a.c_str());
+            return 2;
+        } else model_dir = a;
+    }
+    if (samples < 1 || seqlen < 2) {
+        std::fprintf(stderr, "bench_gradients: --samples must be positive and --seqlen at least 2\n");
+        return 2;
+    }
+    set_num_threads(threads);
+    try {
+        auto        model = Model::load(model_dir);
+        const auto& spec  = model->spec();
+        quant::CalibrationSet set;
+        set.seqlen = seqlen;
+        std::mt19937_64                        rng(1);
+        std::uniform_int_distribution<int32_t> tok(0, spec.n_vocab - 1);
+        for (int s = 0; s < samples; ++s) {
+            std::vector<int32_t> ids(seqlen);
+            for (auto& v : ids) v = tok(rng);
+            set.samples.push_back(std::move(ids));
+        }
+        auto               t0 = clk::now();
+        std::vector<float> x((size_t)seqlen * spec.n_embd); // (seqlen, n_embd)
+        for (const auto& s : set.samples) {
+            model->embed(s.data(), seqlen, x.data());
+            for (int il = 0; il < spec.n_layer; ++il) model->forward_layer(il, x.data(), seqlen, nullptr);
+        }
+        auto t1 = clk::now();
+        const quant::GradientStats gs = quant::collect_gradient_stats(*model, set, {}, !all);
+        auto t2 = clk::now();
+        const double fwd = std::chrono::duration<double>(t1 - t0).count(), grad = std::chrono::duration<double>(t2 - t1).count();
+        nlohmann::ordered_json j;
+        j["model"]       = model_dir;
+        j["threads"]     = num_threads();
+        j["tokens"]      = (int64_t)samples * seqlen;
+        j["linears"]     = all ? "all" : "routed experts";
+        j["entries"]     = gs.entries.size();
+        j["forward_s"]   = fwd;
+        j["gradients_s"] = grad;
+        j["ratio"]       = grad / fwd;
+        if (json) std::printf("%s\n", j.dump().c_str());
+        else
+            std::printf("%s: %d × %d tokens, %d threads, %s: forward %.2f s, gradient statistics %.2f s (%.2f× the forward)\n",
+                        model_dir.c_str(), samples, seqlen, num_threads(), all ? "all linears" : "routed experts", fwd,
+                        grad, grad / fwd);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "bench_gradients: %s\n", e.what());
+        return 1;
+    }
+    return 0;
+}
