@@ -27,10 +27,14 @@ void matmul_wt(const float* x, int n, int in, const float* w, int out, float* y)
         return;
     }
     // GEMM regime: split W's rows into one contiguous chunk per thread; Eigen does the blocking inside a chunk.
-    int chunks = big ? std::max(1, std::min(threads, out / 16)) : 1;
+    // Chunks start at multiples of k_gemm_row_align, where Eigen's micro-kernel tiles start in the unsplit product
+    // too, so every output is summed as in one single-threaded call: the result does not depend on the thread count.
+    const int units  = (out + k_gemm_row_align - 1) / k_gemm_row_align;
+    const int chunks = big ? std::max(1, std::min(threads, std::min(units, out / 16))) : 1;
 #pragma omp parallel for schedule(static) num_threads(threads) if (chunks > 1)
     for (int c = 0; c < chunks; ++c) {
-        int o0 = (int)((int64_t)out * c / chunks), o1 = (int)((int64_t)out * (c + 1) / chunks);
+        const int o0 = std::min(out, (int)((int64_t)units * c / chunks) * k_gemm_row_align);
+        const int o1 = std::min(out, (int)((int64_t)units * (c + 1) / chunks) * k_gemm_row_align);
         if (o1 <= o0) continue;
         gemm(n, o1 - o0, in, x, in, false, w + (int64_t)o0 * in, in, true, y + o0, out, false);
     }

@@ -33,13 +33,16 @@ void row_decoded_forward(const float* x, int n, int in, int out, float* y, const
         }
         return;
     }
-    // GEMM regime: each thread owns a contiguous range of rows, decodes it tile by tile (~128 KiB of f32) and lets
-    // Eigen multiply the tile.
+    // GEMM regime: each thread owns a contiguous range of whole tiles (~128 KiB of f32 each), decodes it tile by
+    // tile and lets Eigen multiply the tile. The tiles sit where a single thread puts them, so the result does not
+    // depend on the thread count.
     const int tile   = std::max(8, std::min(out, (32 * 1024) / std::max(1, in)));
-    const int chunks = big ? std::max(1, std::min(threads, out / 16)) : 1;
+    const int tiles  = (out + tile - 1) / tile;
+    const int chunks = big ? std::max(1, std::min(threads, std::min(tiles, out / 16))) : 1;
 #pragma omp parallel for schedule(static) num_threads(threads) if (chunks > 1)
     for (int c = 0; c < chunks; ++c) {
-        const int          o0 = (int)((int64_t)out * c / chunks), o1 = (int)((int64_t)out * (c + 1) / chunks);
+        const int o0 = std::min(out, (int)((int64_t)tiles * c / chunks) * tile);
+        const int o1 = std::min(out, (int)((int64_t)tiles * (c + 1) / chunks) * tile);
         std::vector<float> buf((size_t)tile * in); // (tile, in)
         for (int t0 = o0; t0 < o1; t0 += tile) {
             const int rows = std::min(tile, o1 - t0);

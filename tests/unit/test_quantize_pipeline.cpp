@@ -10,6 +10,7 @@
 #include "engine/core/weight_store.h"
 #include "engine/cpu/model.h"
 #include "engine/cpu/nbit_linear.h"
+#include "engine/cpu/parallel.h"
 #include "engine/eval/perplexity.h"
 #include "quantizer/format/checkpoint_writer.h"
 #include "quantizer/pipeline.h"
@@ -353,4 +354,33 @@ TEST(QuantizePipeline, GptvqTwoBitBeatsRtnTwoBit) {
     RecordProperty("bits_gptvq2", std::to_string(8.0 * bv / n));
     EXPECT_TRUE(std::isfinite(pv));
     EXPECT_LT(pv, pr) << "gptvq " << pv << " (" << 8.0 * bv / n << " bits) vs rtn " << pr;
+}
+
+// The same calibration and options give the same checkpoint at any thread count (the forward's per-thread GEMM ranges
+// start where a single thread's tiles do), and the quantized model's GEMM-regime logits match too.
+TEST(QuantizePipeline, ResultDoesNotDependOnThreadCount) {
+    const CalibrationSet calib   = tiny_calibration(4, 64);
+    const int            threads = num_threads();
+    for (const char* method : {"gptq", "arb-rc"}) {
+        std::vector<std::vector<float>> weights[2], logits[2];
+        for (int t = 0; t < 2; ++t) {
+            set_num_threads(t == 0 ? 1 : 3);
+            auto            m = Model::load(test::bundled_model());
+            QuantizeOptions opt;
+            opt.method = method;
+            opt.bits   = std::string(method) == "gptq" ? 3 : 1;
+            quantize_model(*m, calib, opt);
+            for (int il = 0; il < m->spec().n_layer; ++il)
+                m->layer(il).for_each_linear([&](LinearKind, int, const std::unique_ptr<Linear>& l) {
+                    weights[t].push_back(l->dequantize());
+                });
+            logits[t].push_back(logits_of(*m, k_ids));
+        }
+        set_num_threads(threads);
+        ASSERT_EQ(weights[0].size(), weights[1].size());
+        size_t differ = 0;
+        for (size_t i = 0; i < weights[0].size(); ++i) differ += weights[0][i] != weights[1][i];
+        EXPECT_EQ(differ, 0u) << method << ": linears that differ between 1 and 3 threads";
+        EXPECT_TRUE(logits[0] == logits[1]) << method;
+    }
 }
