@@ -46,7 +46,7 @@ private:
 };
 
 // The first expert's CejdLinear when every expert's `kind` (0 gate, 1 up, 2 down) is CEJD on `input_side` with one
-// basis (the same owner module: a loaded checkpoint gives each expert its own copy of the owner's basis), else null.
+// basis (the same owner module; a loaded checkpoint's members share one copy of it, see SharedParts), else null.
 const CejdLinear* shared_basis_group(const std::vector<std::array<std::unique_ptr<Linear>, 3>>& experts, int kind,
                                      bool input_side);
 

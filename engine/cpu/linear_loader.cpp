@@ -50,11 +50,19 @@ std::vector<float> load_f32_checked(const WeightStore& store, const std::string&
 
 namespace {
 std::unique_ptr<Linear> load_packed_linear(const WeightStore& store, const std::string& cfg, const std::string& module,
-                                           int out, int in, const nlohmann::json* q);
+                                           int out, int in, const nlohmann::json* q, SharedParts* shared);
+}
+
+std::shared_ptr<const void> SharedParts::get(const std::string& key,
+                                             const std::function<std::shared_ptr<const void>()>& make) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto                        it = parts_.find(key);
+    if (it == parts_.end()) it = parts_.emplace(key, make()).first;
+    return it->second;
 }
 
 std::unique_ptr<Linear> load_linear(const WeightStore& store, const ModelSpec& spec, const std::string& module, int out,
-                                    int in) {
+                                    int in, SharedParts* shared) {
     const nlohmann::json* q = nullptr;
     if (!spec.quantization.is_null()) {
         const auto& mods = spec.quantization["modules"];
@@ -63,7 +71,7 @@ std::unique_ptr<Linear> load_linear(const WeightStore& store, const ModelSpec& s
     if (!q) {
         return std::make_unique<DenseLinear>(in, out, load_f32_checked(store, module + ".weight", {out, in}));
     }
-    return load_packed_linear(store, (spec.dir / "config.json").string(), module, out, in, q);
+    return load_packed_linear(store, (spec.dir / "config.json").string(), module, out, in, q, shared);
 }
 
 namespace {
@@ -71,7 +79,11 @@ namespace {
 // A packed linear of `module` from its quantization_config entry q (cfg: the config file, for messages). Nested formats
 // (cejd's residual and factors) come back here with their own entries and tensor prefixes.
 std::unique_ptr<Linear> load_packed_linear(const WeightStore& store, const std::string& cfg, const std::string& module,
-                                           int out, int in, const nlohmann::json* q) {
+                                           int out, int in, const nlohmann::json* q, SharedParts* shared) {
+    // A group-shared part through the cache when there is one, else read for this module alone.
+    auto group_part = [&](const std::string& key, const std::function<std::shared_ptr<const void>()>& make) {
+        return shared ? shared->get(key, make) : make();
+    };
     auto bad = [&](const std::string& m) { throw FormatError(cfg + ": quantization_config.modules['" + module + "']: " + m); };
     if (!q->is_object() || !q->contains("format") || !(*q)["format"].is_string()) bad("missing \"format\"");
     const std::string format = (*q)["format"];
@@ -165,17 +177,22 @@ std::unique_ptr<Linear> load_packed_linear(const WeightStore& store, const std::
         if (p.rank < 0 || p.rank > std::min(out, in)) bad("rank must be in 0..min(out, in)");
         p.coef        = copy_as<int8_t>(side(store, module + ".kbvq_coef", DType::I8, {p.rank, in}));
         p.coef_scales = copy_as<uint16_t>(side(store, module + ".kbvq_coef_scales", DType::F16, {p.rank}));
-        auto sh       = std::make_shared<KbvqShared>();
-        sh->rank      = p.rank;
-        auto f16s     = [&](const std::string& n, std::vector<int64_t> shape) {
-            std::vector<float> v;
-            for (uint16_t h : copy_as<uint16_t>(side(store, p.owner + n, DType::F16, std::move(shape))))
-                v.push_back(f16_to_f32(h));
-            return v;
-        };
-        sh->basis = f16s(".kbvq_basis", {out, p.rank});
-        sh->gamma = f16s(".kbvq_gamma", {out});
-        if (biased) sh->beta = f16s(".kbvq_beta", {out});
+        const std::string key = p.owner + ".kbvq|" + std::to_string(out) + "|" + std::to_string(p.rank) + "|" +
+                                std::to_string(biased);
+        auto sh = std::static_pointer_cast<const KbvqShared>(group_part(key, [&]() -> std::shared_ptr<const void> {
+            auto s    = std::make_shared<KbvqShared>();
+            s->rank   = p.rank;
+            auto f16s = [&](const std::string& n, std::vector<int64_t> shape) {
+                std::vector<float> v;
+                for (uint16_t h : copy_as<uint16_t>(side(store, p.owner + n, DType::F16, std::move(shape))))
+                    v.push_back(f16_to_f32(h));
+                return v;
+            };
+            s->basis = f16s(".kbvq_basis", {out, p.rank});
+            s->gamma = f16s(".kbvq_gamma", {out});
+            if (biased) s->beta = f16s(".kbvq_beta", {out});
+            return s;
+        }));
         try {
             return std::make_unique<KbvqLinear>(in, out, std::move(p), std::move(sh));
         } catch (const FormatError& e) {
@@ -194,12 +211,16 @@ std::unique_ptr<Linear> load_packed_linear(const WeightStore& store, const std::
             if (!q->contains(key) || !(*q)[key].is_object()) bad(std::string("missing object \"") + key + "\"");
             const nlohmann::json& sub = (*q)[key];
             if (sub.value("format", "") == "cejd") bad(std::string("\"") + key + "\" cannot be cejd again");
-            return load_packed_linear(store, cfg, prefix, o, i, &sub);
+            return load_packed_linear(store, cfg, prefix, o, i, &sub, nullptr);
         };
         auto residual = part("residual", module, out, in);
         auto coef     = input_side ? part("coef", module + ".cejd_coef", out, rank) : part("coef", module + ".cejd_coef", rank, in);
-        std::shared_ptr<const Linear> basis = input_side ? part("basis", owner + ".cejd_basis", rank, in)
-                                                         : part("basis", owner + ".cejd_basis", out, rank);
+        const std::string key = owner + ".cejd_basis|" + (input_side ? "in|" : "out|") + std::to_string(out) + "|" +
+                                std::to_string(in) + "|" + std::to_string(rank);
+        auto basis = std::static_pointer_cast<const Linear>(group_part(key, [&]() -> std::shared_ptr<const void> {
+            return std::shared_ptr<const Linear>(input_side ? part("basis", owner + ".cejd_basis", rank, in)
+                                                            : part("basis", owner + ".cejd_basis", out, rank));
+        }));
         try {
             return std::make_unique<CejdLinear>(std::move(residual), std::move(coef), std::move(basis), input_side, owner,
                                                 owner == module);

@@ -95,9 +95,10 @@ std::unique_ptr<Model> Model::load_globals(const ModelSpec& spec, const WeightSt
 LayerWeights Model::load_layer_weights(const ModelSpec& spec, const WeightStore& store, int il) {
     const FamilyTraits& t = spec.traits();
     const int64_t       H = spec.n_embd;
+    SharedParts shared; // a group's basis (CEJD, KBVQ) read once for the layer, held by every member
     auto linear = [&](int il, LinearKind kind, int expert = -1) {
         auto [out, in] = spec.linear_shape(kind);
-        return load_linear(store, spec, spec.linear_name(il, kind, expert), out, in);
+        return load_linear(store, spec, spec.linear_name(il, kind, expert), out, in, &shared);
     };
     LayerWeights L;
     const std::string p = spec.layer_prefix(il);

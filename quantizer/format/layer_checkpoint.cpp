@@ -120,10 +120,11 @@ void LayerCheckpoints::restore(Model& model, int il, QuantizeReport& report) con
     ModelSpec   spec  = model.spec();
     spec.quantization = {{"modules", L["modules"]}};
     WeightStore store = WeightStore::open(dir_ / layer_file(il));
+    SharedParts shared;
     model.layer(il).for_each_linear([&](LinearKind kind, int e, std::unique_ptr<Linear>& slot) {
         const std::string name = spec.linear_name(il, kind, e);
         if (!L["modules"].contains(name)) return;
-        slot = load_linear(store, spec, name, slot->out_features(), slot->in_features());
+        slot = load_linear(store, spec, name, slot->out_features(), slot->in_features(), &shared);
     });
     try {
         for (const auto& m : L["report"])

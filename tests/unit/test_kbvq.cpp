@@ -356,5 +356,16 @@ TEST(Kbvq, PipelineBcosLowersHeldOutBiasAndIsDeterministic) {
     quant::WriteOptions wo;
     wo.quantization = {{"method", "kbvq"}};
     quant::write_checkpoint(*a, test::bundled_model(), dir / "q", wo);
-    EXPECT_EQ(logits_of(*Model::load(dir / "q"), k_ids), logits_of(*a, k_ids));
+    auto reloaded = Model::load(dir / "q");
+    EXPECT_EQ(logits_of(*reloaded, k_ids), logits_of(*a, k_ids));
+    // The group's members hold one copy of the owner's basis, γ and β, not one each.
+    for (int k = 0; k < 3; ++k) {
+        const auto* first = dynamic_cast<const KbvqLinear*>(reloaded->layer(2).experts[0][k].get());
+        ASSERT_NE(first, nullptr);
+        for (const auto& ex : reloaded->layer(2).experts) {
+            const auto* e = dynamic_cast<const KbvqLinear*>(ex[k].get());
+            ASSERT_NE(e, nullptr);
+            EXPECT_EQ(e->shared().get(), first->shared().get()) << "kind " << k;
+        }
+    }
 }

@@ -255,6 +255,16 @@ TEST(Mobie, BundledModelCheckpointMatchesExportAndSharedBasisPath) {
     write_checkpoint(*m, test::bundled_model(), dir / "deq", deq);
     auto packed = Model::load(dir / "packed"), plain = Model::load(dir / "deq");
     EXPECT_EQ(packed->layer(1).experts[5][1]->format(), "cejd");
+    // The group's members hold one copy of the owner's basis, not one each.
+    for (int k = 0; k < 3; ++k) {
+        const auto* first = dynamic_cast<const CejdLinear*>(packed->layer(1).experts[0][k].get());
+        ASSERT_NE(first, nullptr);
+        for (const auto& ex : packed->layer(1).experts) {
+            const auto* c = dynamic_cast<const CejdLinear*>(ex[k].get());
+            ASSERT_NE(c, nullptr);
+            EXPECT_EQ(c->basis().get(), first->basis().get()) << "kind " << k;
+        }
+    }
     EXPECT_LT(rel_diff(logits_of(*packed, ids), fast), 1e-6);
     EXPECT_LT(rel_diff(logits_of(*plain, ids), fast), 1e-4);
     // The writer's quantized bytes are the reported storage (the basis counted once per group).
