@@ -111,8 +111,8 @@ void silu_mul_backward(const float* g, const float* u, const float* dh, int64_t 
     }
 }
 
-void attention_backward(const float* q, const float* k, const float* v, const float* o, const float* d_o, int n,
-                        int n_head, int n_head_kv, int head_dim, float* dq, float* dk, float* dv) {
+void attention_backward_reference(const float* q, const float* k, const float* v, const float* o, const float* d_o,
+                                  int n, int n_head, int n_head_kv, int head_dim, float* dq, float* dk, float* dv) {
     const int   hd = head_dim, qd = n_head * hd, kvd = n_head_kv * hd, group = n_head / n_head_kv;
     const float scale = 1.0f / std::sqrt((float)hd);
     const bool  par   = !omp_in_parallel();
@@ -177,6 +177,60 @@ void attention_backward(const float* q, const float* k, const float* v, const fl
             }
             for (int d = 0; d < hd; ++d) dkj[d] *= scale;
         }
+    }
+}
+
+void attention_backward(const float* q, const float* k, const float* v, const float* o, const float* d_o, int n,
+                        int n_head, int n_head_kv, int head_dim, float* dq, float* dk, float* dv) {
+    const int   hd = head_dim, qd = n_head * hd, kvd = n_head_kv * hd, group = n_head / n_head_kv;
+    const float scale = 1.0f / std::sqrt((float)hd);
+    // Per (head, block of up to kQB queries), as the forward computes them: S = Q_b K_gᵀ, P = softmax(scale · S) over
+    // the causal prefix; dP = dO_b V_gᵀ, dS = P ⊙ (dP − D) with D_i = dO_i · O_i; dQ_b = scale · dS K_g,
+    // dK_g += dSᵀ Q_b (scaled once at the end), dV_g += Pᵀ dO_b. A kv-head's blocks run in a fixed order on one thread,
+    // so the sums do not depend on the thread count.
+    constexpr int kQB  = 32;
+    const int     n_qb = (n + kQB - 1) / kQB;
+    const int64_t work = (int64_t)n * n_head * n * hd;
+#pragma omp parallel for schedule(static) if (n_head_kv > 1 && work >= (1 << 20) && !omp_in_parallel())
+    for (int g = 0; g < n_head_kv; ++g) {
+        std::vector<float> P((size_t)std::min(n, kQB) * n), dS((size_t)std::min(n, kQB) * n); // (m, nctx) each
+        for (int j = 0; j < n; ++j) {
+            std::fill(dk + (int64_t)j * kvd + (int64_t)g * hd, dk + (int64_t)j * kvd + (int64_t)(g + 1) * hd, 0.f);
+            std::fill(dv + (int64_t)j * kvd + (int64_t)g * hd, dv + (int64_t)j * kvd + (int64_t)(g + 1) * hd, 0.f);
+        }
+        const float* Kg = k + (int64_t)g * hd;
+        const float* Vg = v + (int64_t)g * hd;
+        for (int h = g * group; h < (g + 1) * group; ++h) {
+            for (int b = 0; b < n_qb; ++b) {
+                const int    i0 = b * kQB, m = std::min(n, i0 + kQB) - i0, nctx = i0 + m;
+                const float* Qb = q + (int64_t)i0 * qd + (int64_t)h * hd;
+                const float* Gb = d_o + (int64_t)i0 * qd + (int64_t)h * hd;
+                gemm(m, nctx, hd, Qb, qd, false, Kg, kvd, true, P.data(), nctx, false);
+                gemm(m, nctx, hd, Gb, qd, false, Vg, kvd, true, dS.data(), nctx, false); // dP
+                for (int r = 0; r < m; ++r) {
+                    float*       pr  = P.data() + (int64_t)r * nctx;
+                    float*       dsr = dS.data() + (int64_t)r * nctx;
+                    const int    lim = i0 + r + 1;
+                    const float* gi  = Gb + (int64_t)r * qd;
+                    const float* oi  = o + (int64_t)(i0 + r) * qd + (int64_t)h * hd;
+                    softmax_scaled(pr, lim, scale);
+                    std::fill(pr + lim, pr + nctx, 0.f);
+                    double dd = 0;
+                    for (int d = 0; d < hd; ++d) dd += (double)gi[d] * oi[d];
+                    const float D = (float)dd;
+                    for (int j = 0; j < lim; ++j) dsr[j] = pr[j] * (dsr[j] - D);
+                    std::fill(dsr + lim, dsr + nctx, 0.f);
+                }
+                float* dQb = dq + (int64_t)i0 * qd + (int64_t)h * hd;
+                gemm(m, hd, nctx, dS.data(), nctx, false, Kg, kvd, false, dQb, qd, false);
+                for (int r = 0; r < m; ++r)
+                    for (int d = 0; d < hd; ++d) dQb[(int64_t)r * qd + d] *= scale;
+                gemm(nctx, hd, m, dS.data(), nctx, true, Qb, qd, false, dk + (int64_t)g * hd, kvd, true);
+                gemm(nctx, hd, m, P.data(), nctx, true, Gb, qd, false, dv + (int64_t)g * hd, kvd, true);
+            }
+        }
+        for (int j = 0; j < n; ++j)
+            for (int d = 0; d < hd; ++d) dk[(int64_t)j * kvd + (int64_t)g * hd + d] *= scale;
     }
 }
 

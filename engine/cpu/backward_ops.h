@@ -26,9 +26,13 @@ void silu_mul_backward(const float* g, const float* u, const float* dh, int64_t 
 // Backward of causal softmax attention over n tokens at positions 0..n-1 with GQA (q-head h reads kv-head
 // h / (n_head / n_head_kv)) and scale 1/sqrt(head_dim). q (n, n_head·hd), k and v (n, n_head_kv·hd) as the scores and
 // values saw them (after norms and RoPE), o (n, n_head·hd) the attention output, d_o = ∂ℓ/∂o. Writes dq, dk, dv
-// (same shapes). Probabilities are recomputed from the scores (no n² buffer): one pass per query row for dq, one per
-// key row for dk and dv.
+// (same shapes). Probabilities are recomputed from the scores with the forward's blocked GEMMs and softmax (a
+// 32 × n block of them at a time, no n² buffer).
 void attention_backward(const float* q, const float* k, const float* v, const float* o, const float* d_o, int n,
                         int n_head, int n_head_kv, int head_dim, float* dq, float* dk, float* dv);
+// The same with scalar loops (one pass per query row for dq, one per key row for dk and dv): the reference the
+// blocked version is checked against.
+void attention_backward_reference(const float* q, const float* k, const float* v, const float* o, const float* d_o,
+                                  int n, int n_head, int n_head_kv, int head_dim, float* dq, float* dk, float* dv);
 
 } // namespace moebius::cpu
