@@ -125,6 +125,8 @@ GradientStats collect_gradient_stats(const Model& model, const CalibrationSet& c
                 GradientOptions opt;
                 opt.weight_grads        = false;
                 opt.routed_experts_only = routed_experts_only;
+                // The kept activations of all concurrent samples together stay within 2 GiB.
+                opt.max_activation_bytes = (size_t(2) << 30) / T;
                 opt.on_linear_grad      = [&p = part[i]](const LinearGradEvent& e) {
                     auto& en = p.entries[{e.layer, (int)e.kind, e.expert}];
                     if (en.sum_sq.empty()) en.sum_sq.assign(e.out, 0.0);

@@ -51,7 +51,8 @@ struct GradientStats {
     const Entry* find(int layer, LinearKind kind, int expert = -1) const;
 };
 // Samples run concurrently, one per thread; each sample's sums are added in sample order, so the result does not
-// depend on the thread count. routed_experts_only: entries for the routed experts only (cheaper backward).
+// depend on the thread count. The backward keeps the forward's activations while all threads' together fit in
+// 2 GiB, else recomputes them per layer (same result). routed_experts_only: entries for the routed experts only (cheaper backward).
 GradientStats collect_gradient_stats(const Model& model, const CalibrationSet& calib, const ProgressFn& progress = {},
                                      bool routed_experts_only = false);
 

@@ -7,6 +7,7 @@
 // affinity-weighted H with --affinity), then propagation to the next layer. Reported: tokens/s through the whole
 // pipeline (tokens × layers / time, and tokens / time), seconds per layer, peak RSS. Layers are read on demand and
 // released once passed (the calibration driver's memory rule); --eager loads the whole model first.
+#include "bench_args.h"
 #include "engine/core/resources.h"
 #include "engine/cpu/model.h"
 #include "engine/cpu/parallel.h"
@@ -27,26 +28,8 @@ int main(int argc, char** argv) {
     std::string model_dir = default_model_dir().string();
     int         samples = 8, seqlen = 256, threads = 0;
     bool        json = false, affinity = false, eager = false;
-    for (int i = 1; i < argc; ++i) {
-        std::string a = argv[i];
-        auto        next = [&]() -> const char* {
-            if (i + 1 >= argc) {
-                std::fprintf(stderr, "bench_capture: %s needs a value\n", a.c_str());
-                std::exit(2);
-            }
-            return argv[++i];
-        };
-        if (a == "--samples") samples = std::atoi(next());
-        else if (a == "--seqlen") seqlen = std::atoi(next());
-        else if (a == "--threads") threads = std::atoi(next());
-        else if (a == "--json") json = true;
-        else if (a == "--affinity") affinity = true;
-        else if (a == "--eager") eager = true;
-        else if (a.rfind("--", 0) == 0) {
-            std::fprintf(stderr, "bench_capture: unknown option %s\n", a.c_str());
-            return 2;
-        } else model_dir = a;
-    }
+    bench::parse_args("bench_capture", argc, argv, model_dir, {{"--samples", &samples}, {"--seqlen", &seqlen}, {"--threads", &threads}},
+                      {{"--json", &json}, {"--affinity", &affinity}, {"--eager", &eager}});
     if (samples < 1 || seqlen < 2) {
         std::fprintf(stderr, "bench_capture: --samples and --seqlen must be positive\n");
         return 2;
@@ -59,15 +42,7 @@ int main(int argc, char** argv) {
         auto model = Model::load(model_dir, {}, lo);
         double load_s = std::chrono::duration<double>(clk::now() - t0).count();
         const auto& spec = model->spec();
-        quant::CalibrationSet set;
-        set.seqlen = seqlen;
-        std::mt19937_64 rng(1);
-        std::uniform_int_distribution<int32_t> tok(0, spec.n_vocab - 1);
-        for (int s = 0; s < samples; ++s) {
-            std::vector<int32_t> ids(seqlen);
-            for (auto& v : ids) v = tok(rng);
-            set.samples.push_back(std::move(ids));
-        }
+        const quant::CalibrationSet set = bench::random_windows(spec, samples, seqlen);
         auto t1 = clk::now();
         quant::LayerwiseRunner run(*model, set, /*release_passed=*/!eager);
         quant::CaptureOptions  opt;

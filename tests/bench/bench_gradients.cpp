@@ -5,6 +5,7 @@
 //
 // Random token windows (fixed seed). --all-linears: statistics for every linear (the importance map's request)
 // instead of the routed experts only (MoBiE's). Reported: seconds for the forward and for the statistics, their ratio.
+#include "bench_args.h"
 #include "engine/core/resources.h"
 #include "engine/cpu/model.h"
 #include "engine/cpu/parallel.h"
@@ -24,25 +25,8 @@ int main(int argc, char** argv) {
     std::string model_dir = default_model_dir().string();
     int         samples = 32, seqlen = 256, threads = 0;
     bool        json = false, all = false;
-    for (int i = 1; i < argc; ++i) {
-        std::string a    = argv[i];
-        auto        next = [&]() -> const char* {
-            if (i + 1 >= argc) {
-                std::fprintf(stderr, "bench_gradients: %s needs a value\n", a.c_str());
-                std::exit(2);
-            }
-            return argv[++i];
-        };
-        if (a == "--samples") samples = std::atoi(next());
-        else if (a == "--seqlen") seqlen = std::atoi(next());
-        else if (a == "--threads") threads = std::atoi(next());
-        else if (a == "--all-linears") all = true;
-        else if (a == "--json") json = true;
-        else if (a.rfind("--", 0) == 0) {
-            std::fprintf(stderr, "bench_gradients: unknown option %s\n", a.c_str());
-            return 2;
-        } else model_dir = a;
-    }
+    bench::parse_args("bench_gradients", argc, argv, model_dir, {{"--samples", &samples}, {"--seqlen", &seqlen}, {"--threads", &threads}},
+                      {{"--all-linears", &all}, {"--json", &json}});
     if (samples < 1 || seqlen < 2) {
         std::fprintf(stderr, "bench_gradients: --samples must be positive and --seqlen at least 2\n");
         return 2;
@@ -51,15 +35,7 @@ int main(int argc, char** argv) {
     try {
         auto        model = Model::load(model_dir);
         const auto& spec  = model->spec();
-        quant::CalibrationSet set;
-        set.seqlen = seqlen;
-        std::mt19937_64                        rng(1);
-        std::uniform_int_distribution<int32_t> tok(0, spec.n_vocab - 1);
-        for (int s = 0; s < samples; ++s) {
-            std::vector<int32_t> ids(seqlen);
-            for (auto& v : ids) v = tok(rng);
-            set.samples.push_back(std::move(ids));
-        }
+        const quant::CalibrationSet set = bench::random_windows(spec, samples, seqlen);
         auto               t0 = clk::now();
         std::vector<float> x((size_t)seqlen * spec.n_embd); // (seqlen, n_embd)
         for (const auto& s : set.samples) {
