@@ -357,11 +357,13 @@ TEST(QuantizePipeline, GptvqTwoBitBeatsRtnTwoBit) {
 }
 
 // The same calibration and options give the same checkpoint at any thread count (the forward's per-thread GEMM ranges
-// start where a single thread's tiles do), and the quantized model's GEMM-regime logits match too.
+// start where a single thread's tiles do), and the quantized model's GEMM-regime logits match too. GPTQ runs both
+// kinds of forward (dense f32 linears and row-decoded packed ones) through every statistics pass; the binary methods'
+// forward is the same row-decoded path (ARB-RC doubled this test's time under the sanitizers for no other coverage).
 TEST(QuantizePipeline, ResultDoesNotDependOnThreadCount) {
     const CalibrationSet calib   = tiny_calibration(4, 64);
     const int            threads = num_threads();
-    for (const char* method : {"gptq", "arb-rc"}) {
+    for (const char* method : {"gptq"}) {
         std::vector<std::vector<float>> weights[2], logits[2];
         for (int t = 0; t < 2; ++t) {
             set_num_threads(t == 0 ? 1 : 3);
