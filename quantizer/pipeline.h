@@ -43,9 +43,9 @@ struct QuantizeOptions {
     bool        cejd_refit  = true;
     bool        cejd_all    = false; // also attention and shared experts, each its own group (measured worse)
     bool        glas        = true;
-    // GLAS's backward pass on this many calibration sequences, evenly spaced over the set (0 or ≥ the set: all). The
-    // backward costs ~4 forward passes per sequence; row weights are per-channel means, which a subset estimates
-    // (noisily: 4 or 8 of 32 sequences measured worse than no GLAS, docs/RESULTS.md "Quantization time").
+    // GLAS's backward pass on this many calibration sequences, evenly spaced over the set (0 or ≥ the set: all). It
+    // costs ~2.75 forward passes per sequence (bench_gradients); row weights are per-channel means, which a subset
+    // estimates (noisily: 4 or 8 of 32 sequences measured worse than no GLAS, docs/RESULTS.md "Quantization time").
     int         glas_samples = 0;
     bool        nges        = true;
     double      nges_weight = 1.0;

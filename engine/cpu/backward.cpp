@@ -268,15 +268,16 @@ void moe_backward(const Ctx& c, int il, const LayerActs& A, const float* dout, f
         }
     }
     if (failure) std::rethrow_exception(failure);
+    auto emit_expert = [&](int e) {
+        const ExpertActs& X = A.experts[e];
+        const ExpertGrad& G = eg[e];
+        const int         m = (int)X.tok.size();
+        c.emit(il, LinearKind::ExpertDown, e, m, F, H, X.a.data(), G.dy.data(), X.tok.data(), X.w.data());
+        c.emit(il, LinearKind::ExpertGate, e, m, H, F, X.x.data(), G.dg.data(), X.tok.data(), X.w.data());
+        c.emit(il, LinearKind::ExpertUp, e, m, H, F, X.x.data(), G.du.data(), X.tok.data(), X.w.data());
+    };
     if (experts_only) {
-        for (int e : active) {
-            const ExpertActs& X = A.experts[e];
-            const ExpertGrad& G = eg[e];
-            const int         m = (int)X.tok.size();
-            c.emit(il, LinearKind::ExpertDown, e, m, F, H, X.a.data(), G.dy.data(), X.tok.data(), X.w.data());
-            c.emit(il, LinearKind::ExpertGate, e, m, H, F, X.x.data(), G.dg.data(), X.tok.data(), X.w.data());
-            c.emit(il, LinearKind::ExpertUp, e, m, H, F, X.x.data(), G.du.data(), X.tok.data(), X.w.data());
-        }
+        for (int e : active) emit_expert(e);
         return;
     }
 
@@ -294,9 +295,7 @@ void moe_backward(const Ctx& c, int il, const LayerActs& A, const float* dout, f
             MOEBIUS_ASSERT(j < K);
             dtopw[(size_t)t * K + j] += G.dw[r];
         }
-        c.emit(il, LinearKind::ExpertDown, e, m, F, H, X.a.data(), G.dy.data(), X.tok.data(), X.w.data());
-        c.emit(il, LinearKind::ExpertGate, e, m, H, F, X.x.data(), G.dg.data(), X.tok.data(), X.w.data());
-        c.emit(il, LinearKind::ExpertUp, e, m, H, F, X.x.data(), G.du.data(), X.tok.data(), X.w.data());
+        emit_expert(e);
         std::vector<float>().swap(eg[e].dx);
     }
 

@@ -8,14 +8,14 @@
 
 namespace moebius::cpu {
 
+// Splitting C's columns (W's rows when op(B) = Wᵀ) at multiples of this keeps every output's summation order as in
+// the unsplit product (Eigen's register tiles are 3 SIMD vectors of floats: 12, 24 or 48 wide for SSE/NEON, AVX2,
+// AVX-512), so products cut into per-thread ranges give the same bits at any thread count.
+constexpr int k_gemm_row_align = 48;
+
 // C (m, n) = op(A) · op(B), or C += op(A) · op(B) with accumulate. op(A) (m, k) is A (m rows, lda apart) or, with
 // trans_a, the transpose of A (k rows, lda apart); op(B) (k, n) is B (k rows, ldb apart) or, with trans_b, the
 // transpose of B (n rows, ldb apart). C has m rows, ldc apart. Nothing is read or written when m, n or k is 0.
-// Splitting C's columns at multiples of this keeps every output's summation order as in the unsplit product with
-// op(B) = Wᵀ (Eigen's register tiles are 3 SIMD vectors of floats: 12, 24 or 48 wide for SSE/NEON, AVX2, AVX-512),
-// so products cut into per-thread column ranges give the same bits at any thread count.
-constexpr int k_gemm_row_align = 48;
-
 void gemm_kernel(int m, int n, int k, const float* A, int lda, bool trans_a, const float* B, int ldb, bool trans_b,
                  float* C, int ldc, bool accumulate);
 

@@ -439,11 +439,31 @@ void Model::moe_ffn(int il, const float* hn, int n, const int* positions, const 
             routed += (int64_t)buckets[e].tok.size();
         }
 
+    // A bucket's rows of the FFN input, (m, H).
+    auto gather = [&](Bucket& b) {
+        b.x.resize(b.tok.size() * (size_t)H);
+        for (size_t r = 0; r < b.tok.size(); ++r) std::copy_n(hn + (int64_t)b.tok[r] * H, H, b.x.data() + r * H);
+    };
+    const LayerStop stop = hooks ? hooks->stop : LayerStop::None;
+    if (stop == LayerStop::FfnInputs) {
+        // The experts' inputs only: gather each bucket's rows, run nothing.
+        for (int e : active) {
+            Bucket& b = buckets[e];
+            gather(b);
+            if (hooks && hooks->on_linear)
+                for (LinearKind k : {LinearKind::ExpertGate, LinearKind::ExpertUp})
+                    hooks->on_linear(LinearEvent{il, k, e, (int)b.tok.size(), H, F, b.x.data(), nullptr, b.tok.data(),
+                                                 b.pos.data(), b.w.data()});
+        }
+        shared_ffn(il, hn, n, positions, hooks, out);
+        return;
+    }
+
     // MoBiE's shared bases (cejd_linear.h), applied once per token instead of once per expert: gate/up's z = B x for
     // all tokens before the experts, down's B (Σ_e g_e C_e h_e) after the weighted sum. With statistics hooks the
     // per-expert down outputs must be complete, so down then takes the per-expert path (same values, other rounding).
     const CejdLinear* cin[2] = {shared_basis_group(L.experts, 0, true), shared_basis_group(L.experts, 1, true)};
-    const CejdLinear* cdown  = hooks && (hooks->on_linear || hooks->stop != LayerStop::None)
+    const CejdLinear* cdown  = hooks && (hooks->on_linear || stop != LayerStop::None)
                                     ? nullptr
                                     : shared_basis_group(L.experts, 2, false);
     std::vector<float> zin[2]; // (n, r) per kind
@@ -453,22 +473,6 @@ void Model::moe_ffn(int il, const float* hn, int n, const int* positions, const 
             cin[k]->basis()->forward(hn, n, zin[k].data());
         }
     std::vector<std::vector<float>> cz(E); // [expert] (m, r): down's C h when cdown
-    const LayerStop stop = hooks ? hooks->stop : LayerStop::None;
-    if (stop == LayerStop::FfnInputs) {
-        // The experts' inputs only: gather each bucket's rows, run nothing.
-        for (int e : active) {
-            Bucket&   b = buckets[e];
-            const int m = (int)b.tok.size();
-            b.x.resize((size_t)m * H);
-            for (int r = 0; r < m; ++r) std::copy_n(hn + (int64_t)b.tok[r] * H, H, b.x.data() + (int64_t)r * H);
-            if (hooks && hooks->on_linear)
-                for (LinearKind k : {LinearKind::ExpertGate, LinearKind::ExpertUp})
-                    hooks->on_linear(
-                        LinearEvent{il, k, e, m, H, F, b.x.data(), nullptr, b.tok.data(), b.pos.data(), b.w.data()});
-        }
-        shared_ffn(il, hn, n, positions, hooks, out);
-        return;
-    }
     const bool run_down = stop == LayerStop::None;
 
     // Experts run concurrently (their matmuls single-threaded inside); small layers stay on one thread.
@@ -477,8 +481,7 @@ void Model::moe_ffn(int il, const float* hn, int n, const int* positions, const 
         Bucket&   b = buckets[active[ai]];
         const int m = (int)b.tok.size();
         const auto& ex = L.experts[active[ai]];
-        b.x.resize((size_t)m * H);
-        for (int r = 0; r < m; ++r) std::copy_n(hn + (int64_t)b.tok[r] * H, H, b.x.data() + (int64_t)r * H);
+        gather(b);
         b.g.resize((size_t)m * F);
         b.u.resize((size_t)m * F);
         b.h.resize((size_t)m * F);
