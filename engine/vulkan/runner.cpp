@@ -29,8 +29,8 @@ Buffer upload_f32(Device& dev, const std::vector<float>& v) {
     return b;
 }
 
-// The experts' `kind` (0 gate, 1 up, 2 down) when all are KBVQ of one group (one owner module: a loaded checkpoint
-// gives each expert its own copy of the owner's arrays, equal by construction), else empty.
+// The experts' `kind` (0 gate, 1 up, 2 down) when all are KBVQ of one group (one owner module, whose arrays every
+// member holds), else empty.
 std::vector<const KbvqLinear*> kbvq_group(const std::vector<std::array<std::unique_ptr<Linear>, 3>>& experts,
                                          int kind) {
     std::vector<const KbvqLinear*> g;
