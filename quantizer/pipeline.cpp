@@ -337,7 +337,8 @@ void quantize_layer_calibrated(LayerwiseRunner& run, LayerQuantizer& lq, const Q
         });
     if (opt.quantize_attention) {
         CaptureOptions c;
-        c.ffn = c.experts = false;
+        c.ffn = c.experts   = false;
+        c.attention_output  = false; // o's input after q/k/v are quantized, below
         const bool fq = fps && opt.fp_target;
         Hooks      xh;
         if (fq) xh = fps->cross_hooks({LinearKind::Q, LinearKind::K, LinearKind::V});
@@ -346,9 +347,16 @@ void quantize_layer_calibrated(LayerwiseRunner& run, LayerQuantizer& lq, const Q
         for (LinearKind k : {LinearKind::Q, LinearKind::K, LinearKind::V})
             lq.quantize(Ly.slot(k), spec.linear_name(il, k), il, -1, st.attn_in.n_tokens, &st.attn_in.H);
         if (fq) xh = fps->cross_hooks({LinearKind::O});
+        c.attention_inputs = false;
+        c.attention_output = true;
         st = capture(c, sub(0.1, 0.2, "attention output"), fq ? &xh : nullptr);
         if (fq) retarget(model, il, fps->take(), opt, [&](LinearKind, int) { return &st.attn_out.H; }, rep);
         lq.quantize(Ly.o, spec.linear_name(il, LinearKind::O), il, -1, st.attn_out.n_tokens, &st.attn_out.H);
+    }
+    {
+        // The attention is final from here on: the FFN passes and the propagation start from its output.
+        StageTimer timer(rep, "capture");
+        run.finish_attention();
     }
     if (opt.quantize_router) {
         // The router first, so the experts' affinities come from the quantized router (MoEQuant's order).
@@ -502,23 +510,33 @@ QuantizeReport quantize_model(Model& model, const CalibrationSet& calib, const Q
 
     // MoBiE's GLAS: loss gradients of the FP model on the calibration set, before any layer is replaced (the backward
     // pass needs every layer resident).
+    const bool want_fps = (opt.method == "mobie" || opt.fp_target_any) && (opt.fp_target || opt.fp_target_experts) && resumed < L;
     std::unique_ptr<GradientStats> grads;
+    std::unique_ptr<FpStream>      fps;
     if (opt.method == "mobie" && opt.glas && resumed < L) {
         StageTimer timer(rep, "glas");
         for (int il = 0; il < L; ++il) model.load_layer(il);
         const CalibrationSet gcal = glas_subset(calib, opt.glas_samples);
+        // GLAS's forward is the FP model on the calibration set, i.e. the FP stream: it records the stream's inputs
+        // when it covers every sequence and they fit in k_fp_stream_bytes (else the stream runs its own forward).
+        constexpr size_t   k_fp_stream_bytes = size_t(1) << 30;
+        const bool         share = want_fps && gcal.samples.size() == calib.samples.size() &&
+                                   FpStream::recorded_bytes(spec, calib) <= k_fp_stream_bytes;
+        FpStream::Recorded rec(share ? calib.samples.size() : 0);
+        std::function<Hooks(int)> record;
+        if (share) record = [&rec](int s) { return FpStream::recorder(rec, s); };
         grads = std::make_unique<GradientStats>(collect_gradient_stats(model, gcal, [&](const Progress& p) {
             report_progress(progress, 0.0, "GLAS: " + p.stage);
             return true;
-        }, /*routed_experts_only=*/true));
+        }, /*routed_experts_only=*/true, record));
+        if (share) fps = std::make_unique<FpStream>(spec, std::move(rec));
     }
     std::unique_ptr<LayerwiseRunner> run;
     if (!rtn) {
         StageTimer timer(rep, "capture"); // embedding the calibration set
         run = std::make_unique<LayerwiseRunner>(model, calib);
     }
-    std::unique_ptr<FpStream> fps;
-    if ((opt.method == "mobie" || opt.fp_target_any) && (opt.fp_target || opt.fp_target_experts) && resumed < L) {
+    if (want_fps && !fps) {
         StageTimer timer(rep, "fp_stream");
         fps = std::make_unique<FpStream>(spec, calib);
     }

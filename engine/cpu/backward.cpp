@@ -458,17 +458,23 @@ void attention_backward(const Ctx& c, int il, const LayerActs& A, const float* x
                           c.opt.weight_grads ? c.grad(s.layer_prefix(il) + "input_layernorm.weight") : nullptr);
 }
 
-// Runs layer il on x (n, H) in place with the model's own forward, recording its activations in A.
-void record_layer(const Ctx& c, int il, float* x, LayerActs& A) {
+// Runs layer il on x (n, H) in place with the model's own forward, recording its activations in A; `also` (optional)
+// observes the same pass.
+void record_layer(const Ctx& c, int il, float* x, LayerActs& A, const Hooks* also = nullptr) {
     A.experts.assign(c.spec.n_expert, ExpertActs{});
     A.shared_gate.clear();
     Hooks hooks;
-    hooks.on_linear = [&](const LinearEvent& ev) { capture(ev, A); };
+    hooks.on_linear = [&](const LinearEvent& ev) {
+        capture(ev, A);
+        if (also && also->on_linear) also->on_linear(ev);
+    };
     hooks.on_router = [&](const RouterEvent& ev) {
         A.probs.assign(ev.probs, ev.probs + (int64_t)ev.n * ev.n_expert);
         A.topi.assign(ev.topk_ids, ev.topk_ids + (int64_t)ev.n * ev.k);
         A.topw.assign(ev.topk_weights, ev.topk_weights + (int64_t)ev.n * ev.k);
+        if (also && also->on_router) also->on_router(ev);
     };
+    if (also) hooks.on_layer = also->on_layer;
     c.model.forward_layer(il, x, c.n, nullptr, &hooks);
 }
 
@@ -573,8 +579,8 @@ Gradients loss_and_gradients(const Model& model, std::span<const int32_t> tokens
     model.embed(tokens.data(), n, xs[0].data());
     for (int il = 0; il < nl; ++il) {
         xs[il + 1] = xs[il];
-        if (keep) record_layer(c, il, xs[il + 1].data(), acts[il]);
-        else model.forward_layer(il, xs[il + 1].data(), n, nullptr);
+        if (keep) record_layer(c, il, xs[il + 1].data(), acts[il], opt.forward_hooks);
+        else model.forward_layer(il, xs[il + 1].data(), n, nullptr, opt.forward_hooks);
     }
 
     std::vector<float> dx((size_t)n * H); // (n, H) ∂ℓ/∂(residual stream) at the current depth

@@ -48,6 +48,9 @@ struct GradientOptions {
     // The forward's activations of all layers are kept for the backward when they take at most this many bytes;
     // otherwise each layer is recomputed from its input (one more forward, less memory). Results are identical.
     size_t max_activation_bytes = size_t(1) << 30;
+    // Optional observer of the forward pass: every layer once, in order, on the calling thread (the backward's
+    // recomputation is not reported). Lets a caller that also needs the FP model's forward share this one.
+    const Hooks* forward_hooks = nullptr;
 };
 
 struct Gradients {

@@ -42,10 +42,14 @@ struct LayerEvent {
 // unspecified, gives on_layer output = nullptr, and the linears it no longer needs run only as far as their events:
 enum class LayerStop {
     None,             // the whole layer
+    AttentionInputs,  // through q/k/v (their events); no o_proj or FFN events
     Attention,        // through o_proj; no FFN events
     FfnInputs,        // + the router; FFN gate/up events carry y = nullptr and down has none
     FfnIntermediates, // + FFN gate/up outputs; down events carry y = nullptr
 };
+
+// Whether a pass with this stop ends inside the attention block (nothing of the FFN runs).
+inline bool stops_in_attention(LayerStop s) { return s == LayerStop::AttentionInputs || s == LayerStop::Attention; }
 
 struct Hooks {
     std::function<void(const LinearEvent&)> on_linear;

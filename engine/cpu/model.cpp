@@ -243,7 +243,6 @@ void Model::forward(const int32_t* tokens, int n, KVCache& cache, float* logits,
 
 void Model::forward_layer(int il, float* x, int n, KVCache* cache, const Hooks* hooks) const {
     if (!loaded_[il]) throw Error("layer " + std::to_string(il) + " is not loaded (lazily loaded model: load_layer first)");
-    const LayerWeights& L  = layers_[il];
     const int           H  = spec_.n_embd;
     const int           n_past = cache ? cache->n_past : 0;
     std::vector<int>    positions(n);
@@ -255,20 +254,45 @@ void Model::forward_layer(int il, float* x, int n, KVCache* cache, const Hooks* 
     auto            done = [&](const float* out) {
         if (hooks && hooks->on_layer) hooks->on_layer(LayerEvent{il, n, H, input.data(), out, positions.data()});
     };
+    attention_block(il, x, n, cache, hooks);
+    if (stops_in_attention(stop)) return done(nullptr);
+    ffn_block(il, x, n, positions.data(), hooks);
+    done(stop == LayerStop::None ? x : nullptr);
+}
+
+void Model::attention_block(int il, float* x, int n, KVCache* cache, const Hooks* hooks) const {
+    const int          H = spec_.n_embd;
     std::vector<float> hn((size_t)n * H), delta((size_t)n * H);
     // h = x + Attn(RMSNorm(x))
-    cpu::rmsnorm(x, n, H, L.attn_norm.data(), spec_.rms_eps, hn.data());
-    attention(il, hn.data(), n, cache, n_past, hooks, delta.data());
-    if (stop == LayerStop::Attention) return done(nullptr);
+    cpu::rmsnorm(x, n, H, layers_[il].attn_norm.data(), spec_.rms_eps, hn.data());
+    attention(il, hn.data(), n, cache, cache ? cache->n_past : 0, hooks, delta.data());
+    if (hooks && stops_in_attention(hooks->stop)) return;
     for (size_t i = 0; i < delta.size(); ++i) x[i] += delta[i];
+}
+
+void Model::forward_attention_block(int il, float* x, int n, const Hooks* hooks) const {
+    if (!loaded_[il]) throw Error("layer " + std::to_string(il) + " is not loaded (lazily loaded model: load_layer first)");
+    attention_block(il, x, n, nullptr, hooks);
+}
+
+void Model::forward_ffn_block(int il, float* h, int n, const Hooks* hooks) const {
+    if (!loaded_[il]) throw Error("layer " + std::to_string(il) + " is not loaded (lazily loaded model: load_layer first)");
+    std::vector<int> positions(n);
+    std::iota(positions.begin(), positions.end(), 0);
+    ffn_block(il, h, n, positions.data(), hooks);
+}
+
+void Model::ffn_block(int il, float* h, int n, const int* positions, const Hooks* hooks) const {
+    const LayerWeights& L = layers_[il];
+    const int           H = spec_.n_embd;
+    std::vector<float>  hn((size_t)n * H), delta((size_t)n * H);
     // out = h + FFN(RMSNorm(h))
-    cpu::rmsnorm(x, n, H, L.ffn_norm.data(), spec_.rms_eps, hn.data());
-    if (L.is_moe) moe_ffn(il, hn.data(), n, positions.data(), hooks, delta.data());
-    else dense_ffn(il, *L.dense_gate, *L.dense_up, *L.dense_down, LinearKind::DenseGate, hn.data(), n,
-                   positions.data(), hooks, delta.data());
-    if (stop != LayerStop::None) return done(nullptr);
-    for (size_t i = 0; i < delta.size(); ++i) x[i] += delta[i];
-    done(x);
+    cpu::rmsnorm(h, n, H, L.ffn_norm.data(), spec_.rms_eps, hn.data());
+    if (L.is_moe) moe_ffn(il, hn.data(), n, positions, hooks, delta.data());
+    else dense_ffn(il, *L.dense_gate, *L.dense_up, *L.dense_down, LinearKind::DenseGate, hn.data(), n, positions, hooks,
+                   delta.data());
+    if (hooks && hooks->stop != LayerStop::None) return;
+    for (size_t i = 0; i < delta.size(); ++i) h[i] += delta[i];
 }
 
 void Model::attention(int il, const float* hn, int n, KVCache* cache, int n_past, const Hooks* hooks,
@@ -291,6 +315,7 @@ void Model::attention(int il, const float* hn, int n, KVCache* cache, int n_past
     run(*L.q, LinearKind::Q, q.data(), L.bq);
     run(*L.k, LinearKind::K, k.data(), L.bk);
     run(*L.v, LinearKind::V, v.data(), L.bv);
+    if (hooks && hooks->stop == LayerStop::AttentionInputs) return;
 
     switch (spec_.traits().qk_norm) {
     case QkNorm::PerHead:

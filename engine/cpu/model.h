@@ -86,6 +86,11 @@ public:
     // x (n, n_embd) in/out. With cache: attends to the cache plus these tokens and appends them; positions are
     // cache->n_past + i. Without cache: causal attention over the n tokens, positions 0..n-1.
     void forward_layer(int il, float* x, int n, KVCache* cache, const Hooks* hooks = nullptr) const;
+    // The two halves of forward_layer (no cache, positions 0..n-1), for drivers whose attention no longer changes so
+    // that passes over the FFN need not recompute it: x (n, n_embd) ← x + Attn(RMSNorm(x)), then h ← h + FFN(RMSNorm(h)).
+    // Together the same values as forward_layer; hooks->stop applies; on_layer is not reported.
+    void forward_attention_block(int il, float* x, int n, const Hooks* hooks = nullptr) const;
+    void forward_ffn_block(int il, float* h, int n, const Hooks* hooks = nullptr) const;
     void output(const float* x, int n, float* logits) const; // final norm + lm_head, logits (n, n_vocab)
 
     // Lazily loaded models: whether a layer's weights are resident, read one, free one (a released layer is read
@@ -107,6 +112,10 @@ private:
     static std::unique_ptr<Model> load_globals(const ModelSpec& spec, const WeightStore& store, const ProgressFn& progress);
     static LayerWeights           load_layer_weights(const ModelSpec& spec, const WeightStore& store, int il);
     void attention(int il, const float* hn, int n, KVCache* cache, int n_past, const Hooks* hooks, float* out) const;
+    // x (n, H) += Attn(RMSNorm(x)) (x unchanged when hooks stop after the attention; positions from cache->n_past).
+    void attention_block(int il, float* x, int n, KVCache* cache, const Hooks* hooks) const;
+    // h (n, H) += FFN(RMSNorm(h)) (h left unspecified when hooks stop the layer early).
+    void ffn_block(int il, float* h, int n, const int* positions, const Hooks* hooks) const;
     void moe_ffn(int il, const float* hn, int n, const int* positions, const Hooks* hooks, float* out) const;
     // out (n, H) += the shared expert(s) of a MoE layer, gated (Qwen2-MoE) or not; nothing if the layer has none.
     void shared_ffn(int il, const float* hn, int n, const int* positions, const Hooks* hooks, float* out) const;

@@ -3,6 +3,8 @@
 #include "engine/core/error.h"
 #include "engine/cpu/ops.h"
 
+#include <numeric>
+
 namespace moebius::quant {
 
 const InputStats* LayerStats::for_linear(LinearKind kind, int expert) const {
@@ -44,29 +46,48 @@ LayerwiseRunner::LayerwiseRunner(Model& model, const CalibrationSet& calib, bool
     model_.load_layer(0); // callers inspect and replace the current layer's weights through model().layer()
 }
 
+void LayerwiseRunner::pass(float* x, const Hooks* hooks) {
+    const int n = calib_.seqlen;
+    if (!attention_done_) return model_.forward_layer(layer_, x, n, nullptr, hooks);
+    if (!hooks || !hooks->on_layer) return model_.forward_ffn_block(layer_, x, n, hooks);
+    const int          H = model_.spec().n_embd;
+    std::vector<float> input(x, x + (size_t)n * H);
+    std::vector<int>   positions(n);
+    std::iota(positions.begin(), positions.end(), 0);
+    model_.forward_ffn_block(layer_, x, n, hooks);
+    hooks->on_layer(LayerEvent{layer_, n, H, input.data(), hooks->stop == LayerStop::None ? x : nullptr, positions.data()});
+}
+
 void LayerwiseRunner::run(const Hooks& hooks, const ProgressFn& progress) {
     MOEBIUS_ASSERT(!done());
-    const int          n = calib_.seqlen;
     std::vector<float> x;
     for (size_t s = 0; s < hidden_.size(); ++s) {
         report_progress(progress, (double)s / hidden_.size(),
                         "layer " + std::to_string(layer_) + ": sample " + std::to_string(s + 1) + "/" +
                             std::to_string(hidden_.size()));
         x = hidden_[s];
-        model_.forward_layer(layer_, x.data(), n, nullptr, &hooks);
+        pass(x.data(), &hooks);
     }
 }
 
+void LayerwiseRunner::finish_attention() {
+    MOEBIUS_ASSERT(!done());
+    if (attention_done_) return;
+    for (auto& x : hidden_) model_.forward_attention_block(layer_, x.data(), calib_.seqlen);
+    attention_done_ = true;
+}
+
 LayerStats LayerwiseRunner::capture(const CaptureOptions& opt, const ProgressFn& progress, const Hooks* also) {
+    if (opt.attention && attention_done_)
+        throw Error("capture: layer " + std::to_string(layer_) + "'s attention statistics were asked for after finish_attention");
     const ModelSpec&    spec = model_.spec();
     const LayerWeights& L    = model_.layer(layer_);
     const int           H = spec.n_embd, qd = spec.n_head * spec.head_dim;
     LayerStats          st;
     st.layer = layer_;
-    if (opt.attention) {
-        st.attn_in  = InputStats(H, false);
-        st.attn_out = InputStats(qd, false);
-    }
+    const bool attn_in = opt.attention && opt.attention_inputs, attn_out = opt.attention && opt.attention_output;
+    if (attn_in) st.attn_in = InputStats(H, false);
+    if (attn_out) st.attn_out = InputStats(qd, false);
     const bool gated_shared = L.shared_expert_gate != nullptr;
     const bool ffn_in = opt.ffn && opt.ffn_inputs, ffn_mid = opt.ffn && opt.ffn_intermediate;
     const bool exp_in = opt.experts && opt.ffn_inputs, exp_mid = opt.experts && opt.ffn_intermediate;
@@ -91,10 +112,10 @@ LayerStats LayerwiseRunner::capture(const CaptureOptions& opt, const ProgressFn&
     hooks.on_linear = [&](const LinearEvent& e) {
         switch (e.kind) {
         case LinearKind::Q:
-            if (opt.attention) st.attn_in.add(e.x, e.n, nullptr);
+            if (attn_in) st.attn_in.add(e.x, e.n, nullptr);
             break;
         case LinearKind::O:
-            if (opt.attention) st.attn_out.add(e.x, e.n, nullptr);
+            if (attn_out) st.attn_out.add(e.x, e.n, nullptr);
             break;
         case LinearKind::Router:
         case LinearKind::DenseGate:
@@ -133,7 +154,7 @@ LayerStats LayerwiseRunner::capture(const CaptureOptions& opt, const ProgressFn&
         hooks.on_layer  = also->on_layer;
     }
     // The layer runs only as far as these statistics (and `also`, which reads inputs) need.
-    hooks.stop = !opt.ffn && !opt.experts ? LayerStop::Attention
+    hooks.stop = !opt.ffn && !opt.experts ? (attn_out ? LayerStop::Attention : LayerStop::AttentionInputs)
                  : !ffn_mid && !exp_mid   ? LayerStop::FfnInputs
                                           : LayerStop::FfnIntermediates;
     run(hooks, progress);
@@ -145,8 +166,9 @@ void LayerwiseRunner::advance(const Hooks* hooks, const ProgressFn& progress) {
     for (size_t s = 0; s < hidden_.size(); ++s) {
         report_progress(progress, (double)s / hidden_.size(),
                         "layer " + std::to_string(layer_) + ": propagating sample " + std::to_string(s + 1));
-        model_.forward_layer(layer_, hidden_[s].data(), calib_.seqlen, nullptr, hooks);
+        pass(hidden_[s].data(), hooks);
     }
+    attention_done_ = false;
     if (release_passed_) model_.release_layer(layer_);
     ++layer_;
     if (!done()) model_.load_layer(layer_);

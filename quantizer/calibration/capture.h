@@ -15,6 +15,10 @@ namespace moebius::quant {
 
 struct CaptureOptions {
     bool attention = true;  // q/k/v (shared input) and o inputs
+    // Within attention: the inputs of q/k/v (attn_in) and of o (attn_out). A quantizer needs them in two passes (o
+    // sees the quantized q/k/v); a pass without o's input stops after q/k/v.
+    bool attention_inputs = true;
+    bool attention_output = true;
     bool ffn       = true;  // router / shared / dense FFN inputs
     bool experts   = true;  // routed experts' inputs (gate/up) and intermediate (down)
     bool affinity  = false; // also Σ c x xᵀ: router weight for experts, sigmoid gate for Qwen2-MoE's shared expert
@@ -59,6 +63,12 @@ public:
     void run(const Hooks& hooks, const ProgressFn& progress = {});
     // Hidden states ← current layer(hidden states); moves to the next layer. Hooks (optional) observe this pass.
     void advance(const Hooks* hooks = nullptr, const ProgressFn& progress = {});
+    // The current layer's attention is final (quantized, or kept): the held states move past it now, once, and until
+    // advance() every pass runs only the layer's FFN block (Model::forward_ffn_block; same values) — the FFN
+    // statistics passes and the propagation no longer recompute the attention. Those passes have no attention
+    // events, and their on_layer events give the residual after the attention as `input`. Capturing attention
+    // statistics afterwards throws Error.
+    void finish_attention();
     // (seqlen, n_embd) hidden states entering the current layer for one sample.
     const std::vector<float>& hidden(int sample) const { return hidden_[sample]; }
 
@@ -67,7 +77,11 @@ private:
     const CalibrationSet&           calib_;
     int                             layer_ = 0;
     bool                            release_passed_ = false;
+    bool                            attention_done_ = false; // hidden_ holds the residual after the attention
     std::vector<std::vector<float>> hidden_; // [samples] (seqlen, n_embd)
+    // One sample's pass through the current layer (from hidden_[s]'s place in it) with hooks, x (seqlen, n_embd)
+    // in/out.
+    void pass(float* x, const Hooks* hooks);
 };
 
 } // namespace moebius::quant

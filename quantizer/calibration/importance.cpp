@@ -106,7 +106,7 @@ const GradientStats::Entry* GradientStats::find(int layer, LinearKind kind, int 
 }
 
 GradientStats collect_gradient_stats(const Model& model, const CalibrationSet& calib, const ProgressFn& progress,
-                                     bool routed_experts_only) {
+                                     bool routed_experts_only, const std::function<Hooks(int)>& forward_hooks) {
     GradientStats gs;
     const int     N = (int)calib.samples.size(), T = num_threads();
     // A round of T samples at a time (bounded memory), one per thread: every thread runs its sample's backward
@@ -127,6 +127,11 @@ GradientStats collect_gradient_stats(const Model& model, const CalibrationSet& c
                 opt.routed_experts_only = routed_experts_only;
                 // The kept activations of all concurrent samples together stay within 2 GiB.
                 opt.max_activation_bytes = (size_t(2) << 30) / T;
+                Hooks observer;
+                if (forward_hooks) {
+                    observer          = forward_hooks(s0 + i);
+                    opt.forward_hooks = &observer;
+                }
                 opt.on_linear_grad      = [&p = part[i]](const LinearGradEvent& e) {
                     auto& en = p.entries[{e.layer, (int)e.kind, e.expert}];
                     if (en.sum_sq.empty()) en.sum_sq.assign(e.out, 0.0);

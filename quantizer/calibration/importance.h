@@ -1,5 +1,6 @@
 #pragma once
 // Importance maps of a linear's weights, and the loss-gradient statistics the GLAS saliency needs.
+#include <functional>
 #include <map>
 #include <string>
 #include <tuple>
@@ -7,6 +8,7 @@
 
 #include "engine/core/model_config.h"
 #include "engine/core/progress.h"
+#include "engine/cpu/hooks.h"
 #include "quantizer/calibration/calibration_data.h"
 #include "quantizer/calibration/input_stats.h"
 
@@ -53,7 +55,10 @@ struct GradientStats {
 // Samples run concurrently, one per thread; each sample's sums are added in sample order, so the result does not
 // depend on the thread count. The backward keeps the forward's activations while all threads' together fit in
 // 2 GiB, else recomputes them per layer (same result). routed_experts_only: entries for the routed experts only (cheaper backward).
+// forward_hooks (optional): forward_hooks(s) gives the hooks that observe sample s's FP forward (GradientOptions::
+// forward_hooks); they run on the sample's thread, concurrently with other samples'.
 GradientStats collect_gradient_stats(const Model& model, const CalibrationSet& calib, const ProgressFn& progress = {},
-                                     bool routed_experts_only = false);
+                                     bool routed_experts_only = false,
+                                     const std::function<Hooks(int sample)>& forward_hooks = {});
 
 } // namespace moebius::quant

@@ -171,6 +171,33 @@ std::vector<float> fp_target_weight(const std::vector<float>& W, int out, int in
     return r;
 }
 
+namespace {
+// The linears whose FP inputs the stream keeps: one per distinct input (k/v read q's, the experts and the shared
+// gate/up the router's).
+bool recorded_kind(LinearKind k) {
+    switch (k) {
+    case LinearKind::Q: case LinearKind::O: case LinearKind::Router: case LinearKind::SharedDown:
+    case LinearKind::DenseGate: case LinearKind::DenseDown: return true;
+    default: return false;
+    }
+}
+} // namespace
+
+size_t FpStream::recorded_bytes(const ModelSpec& s, const CalibrationSet& calib) {
+    const int64_t per_token = 2 * (int64_t)s.n_embd + (int64_t)s.n_head * s.head_dim + std::max(s.n_ff_shared, s.n_ff_dense);
+    return (size_t)per_token * sizeof(float) * s.n_layer * calib.seqlen * calib.samples.size();
+}
+
+Hooks FpStream::recorder(Recorded& rec, int sample) {
+    Hooks h;
+    h.on_linear = [&layers = rec.at(sample)](const LinearEvent& e) {
+        if (!recorded_kind(e.kind)) return;
+        if ((int)layers.size() <= e.layer) layers.resize(e.layer + 1);
+        layers[e.layer][e.kind].assign(e.x, e.x + (size_t)e.n * e.in);
+    };
+    return h;
+}
+
 FpStream::FpStream(const ModelSpec& spec, const CalibrationSet& calib) {
     LoadOptions lo;
     lo.lazy_layers = true;
@@ -178,19 +205,34 @@ FpStream::FpStream(const ModelSpec& spec, const CalibrationSet& calib) {
     run_   = std::make_unique<LayerwiseRunner>(*model_, calib);
 }
 
+FpStream::FpStream(const ModelSpec& spec, Recorded recorded) : recorded_(std::move(recorded)) {
+    LoadOptions lo;
+    lo.lazy_layers = true;
+    model_ = Model::load(spec.dir, {}, lo);
+}
+
 void FpStream::capture() {
-    const int l = run_->current_layer();
+    const int l = next_++;
     if (l > 0) model_->release_layer(l - 1);
     in_.clear();
+    if (!run_) {
+        if (!model_->layer_loaded(l)) model_->load_layer(l);
+        for (size_t s = 0; s < recorded_.size(); ++s) {
+            MOEBIUS_ASSERT((int)recorded_[s].size() > l);
+            for (auto& [kind, x] : recorded_[s][l]) {
+                auto& v = in_[kind];
+                if (v.size() <= s) v.resize(s + 1);
+                v[s] = std::move(x);
+            }
+            recorded_[s][l].clear();
+        }
+        layer_ = l;
+        return;
+    }
     int   sample = 0;
     Hooks h;
     h.on_linear = [&](const LinearEvent& e) {
-        // One copy per distinct input (k/v read q's, the experts and the shared gate/up the router's).
-        switch (e.kind) {
-        case LinearKind::Q: case LinearKind::O: case LinearKind::Router: case LinearKind::SharedDown:
-        case LinearKind::DenseGate: case LinearKind::DenseDown: break;
-        default: return;
-        }
+        if (!recorded_kind(e.kind)) return;
         auto& v = in_[e.kind];
         if ((int)v.size() <= sample) v.resize(sample + 1);
         v[sample].assign(e.x, e.x + (size_t)e.n * e.in);
@@ -201,8 +243,13 @@ void FpStream::capture() {
 }
 
 void FpStream::skip() {
-    const int l = run_->current_layer();
+    const int l = next_++;
     if (l > 0) model_->release_layer(l - 1);
+    if (!run_) {
+        for (auto& layers : recorded_)
+            if ((int)layers.size() > l) layers[l].clear();
+        return;
+    }
     run_->advance();
 }
 

@@ -64,7 +64,18 @@ std::vector<float> fp_target_weight(const std::vector<float>& W, int out, int in
 class FpStream {
 public:
     using Moments = std::map<std::pair<LinearKind, int>, std::vector<double>>; // (kind, expert or -1) → (in, in)
+    // The FP inputs the stream needs, recorded from a forward of the whole FP model that runs anyway (GLAS's):
+    // [sample] [layer] kind → (seqlen, in).
+    using Recorded = std::vector<std::vector<std::map<LinearKind, std::vector<float>>>>;
+    // Upper bound of a Recorded's bytes for every layer and sample of `calib`.
+    static size_t recorded_bytes(const ModelSpec& spec, const CalibrationSet& calib);
+    // Hooks that record one sample's FP inputs into rec[sample] (rec sized to the sample count beforehand; samples may
+    // be recorded concurrently).
+    static Hooks recorder(Recorded& rec, int sample);
+    // Runs the FP model itself, one layer per capture().
     FpStream(const ModelSpec& spec, const CalibrationSet& calib);
+    // Serves the recorded inputs instead (the same values, without a second forward).
+    FpStream(const ModelSpec& spec, Recorded recorded);
     // Runs the FP model's next layer on its stream, recording the inputs of its linears: once per quantized layer,
     // before that layer's cross_hooks.
     void capture();
@@ -77,7 +88,9 @@ public:
 
 private:
     std::unique_ptr<Model>           model_;
-    std::unique_ptr<LayerwiseRunner> run_;
+    std::unique_ptr<LayerwiseRunner> run_;      // own forward; null when serving recorded_
+    Recorded                         recorded_;
+    int                              next_  = 0;  // the layer the next capture() or skip() moves past
     int                              layer_ = -1; // the FP layer in_ belongs to (kept loaded for the experts)
     // [kind] [sample] (seqlen, in): FP inputs of the non-expert linears (Router: the FFN input, also the experts').
     std::map<LinearKind, std::vector<std::vector<float>>> in_;

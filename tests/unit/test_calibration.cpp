@@ -167,6 +167,41 @@ TEST(Capture, LazyModelHoldsOneLayerAndMatchesEager) {
     }
 }
 
+// finish_attention: the FFN passes and the propagation start from the residual after the attention instead of
+// recomputing it; statistics, event counts and propagated states stay the same bit for bit, and attention statistics
+// can no longer be asked for.
+TEST(Capture, FinishedAttentionGivesTheSameFfnStatisticsAndStates) {
+    Model&          m   = bundled();
+    CalibrationSet  set = random_windows(test_ids(), 3, 32, 5, "test");
+    LayerwiseRunner a(m, set), b(m, set);
+    CaptureOptions  ffn;
+    ffn.attention = false;
+    while (!a.done()) {
+        b.finish_attention();
+        b.finish_attention(); // idempotent
+        int   layers_a = 0, layers_b = 0;
+        Hooks ha, hb;
+        ha.on_layer = [&](const LayerEvent&) { ++layers_a; };
+        hb.on_layer = [&](const LayerEvent& e) {
+            ++layers_b;
+            EXPECT_EQ(e.output, nullptr); // a statistics pass stops early
+        };
+        const LayerStats sa = a.capture(ffn, {}, &ha), sb = b.capture(ffn, {}, &hb);
+        EXPECT_EQ(layers_a, 3);
+        EXPECT_EQ(layers_b, 3);
+        EXPECT_EQ(sa.ffn_in.H, sb.ffn_in.H);
+        EXPECT_EQ(sa.shared_mid.H, sb.shared_mid.H);
+        for (int e = 0; e < m.spec().n_expert; ++e) {
+            EXPECT_EQ(sa.expert_in[e].H, sb.expert_in[e].H);
+            EXPECT_EQ(sa.expert_mid[e].H, sb.expert_mid[e].H);
+        }
+        EXPECT_THROW(b.capture(CaptureOptions{}), Error);
+        a.advance();
+        b.advance();
+        for (int s = 0; s < 3; ++s) ASSERT_EQ(a.hidden(s), b.hidden(s)) << "layer " << a.current_layer() - 1;
+    }
+}
+
 TEST(Routing, SelfComparisonIsZeroPerturbedIsNot) {
     Model&      m = bundled();
     const auto& ids = test_ids();

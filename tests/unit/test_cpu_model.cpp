@@ -5,6 +5,7 @@
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <tuple>
 
 #include "engine/core/error.h"
 #include "engine/core/safetensors.h"
@@ -148,7 +149,8 @@ TEST(CpuModel, LayerStopReportsTheFullPassInputs) {
             std::vector<Ev> full;
             int             layers = 0;
             pass(LayerStop::None, full, layers);
-            for (LayerStop stop : {LayerStop::Attention, LayerStop::FfnInputs, LayerStop::FfnIntermediates}) {
+            for (LayerStop stop : {LayerStop::AttentionInputs, LayerStop::Attention, LayerStop::FfnInputs,
+                                   LayerStop::FfnIntermediates}) {
                 std::vector<Ev> part;
                 int             seen = 0;
                 pass(stop, part, seen);
@@ -158,6 +160,7 @@ TEST(CpuModel, LayerStopReportsTheFullPassInputs) {
                     const bool ffn  = e.kind > LinearKind::O;
                     const bool down = e.kind == LinearKind::ExpertDown || e.kind == LinearKind::SharedDown ||
                                       e.kind == LinearKind::DenseDown;
+                    if (stop == LayerStop::AttentionInputs && (ffn || e.kind == LinearKind::O)) continue;
                     if (stop == LayerStop::Attention && ffn) continue;
                     if (stop == LayerStop::FfnInputs && down) continue;
                     want.push_back(&e);
@@ -180,6 +183,56 @@ TEST(CpuModel, LayerStopReportsTheFullPassInputs) {
                 }
             }
             model->forward_layer(il, x0.data(), n, nullptr); // the next layer's input
+        }
+    }
+}
+
+// forward_attention_block then forward_ffn_block (the calibration runner's FFN-only passes) is forward_layer, bit
+// for bit: the same events with the same inputs and outputs, the same output, and the same under every FFN stop.
+TEST(CpuModel, LayerHalvesEqualTheWholeLayer) {
+    for (const char* family : {"deepseekmoe", "qwen3moe", "mixtral", "olmoe", "qwen2moe"}) {
+        auto        model = std::string(family) == "qwen2moe" ? Model::load(test::bundled_model())
+                                                              : Model::load(test::random_model(family));
+        const auto& spec  = model->spec();
+        const int   n     = 17;
+        std::vector<int32_t> ids(n);
+        for (int t = 0; t < n; ++t) ids[t] = (29 * t + 3) % spec.n_vocab;
+        std::vector<float> x((size_t)n * spec.n_embd);
+        model->embed(ids.data(), n, x.data());
+        using Ev = std::tuple<LinearKind, int, std::vector<float>, std::vector<float>>; // kind, expert, x, y
+        auto recorder = [](std::vector<Ev>& evs, LayerStop stop) {
+            Hooks h;
+            h.stop      = stop;
+            h.on_linear = [&evs](const LinearEvent& e) {
+                evs.emplace_back(e.kind, e.expert, std::vector<float>(e.x, e.x + (size_t)e.n * e.in),
+                                 e.y ? std::vector<float>(e.y, e.y + (size_t)e.n * e.out) : std::vector<float>{});
+            };
+            return h;
+        };
+        for (int il = 0; il < spec.n_layer; ++il) {
+            std::vector<Ev> whole, attn;
+            std::vector<float> y = x, h = x;
+            const Hooks        hw = recorder(whole, LayerStop::None), ha = recorder(attn, LayerStop::None);
+            model->forward_layer(il, y.data(), n, nullptr, &hw);
+            model->forward_attention_block(il, h.data(), n, &ha);
+            for (LayerStop stop : {LayerStop::FfnInputs, LayerStop::FfnIntermediates, LayerStop::None}) {
+                std::vector<Ev>    ffn, ffn_whole;
+                std::vector<float> o = h, p = x;
+                const Hooks        hf = recorder(ffn, stop), hs = recorder(ffn_whole, stop);
+                model->forward_ffn_block(il, o.data(), n, &hf);
+                model->forward_layer(il, p.data(), n, nullptr, &hs);
+                const size_t na = attn.size();
+                ASSERT_GT(na, 0u);
+                ASSERT_EQ(na + ffn.size(), ffn_whole.size()) << family << " layer " << il << " stop " << (int)stop;
+                for (size_t i = 0; i < na; ++i) EXPECT_TRUE(attn[i] == ffn_whole[i]) << family << " " << i;
+                for (size_t i = 0; i < ffn.size(); ++i)
+                    EXPECT_TRUE(ffn[i] == ffn_whole[na + i])
+                        << family << " layer " << il << " " << linear_kind_name(std::get<0>(ffn[i]));
+                if (stop == LayerStop::None) {
+                    EXPECT_TRUE(o == y) << family << " layer " << il;
+                }
+            }
+            x = y; // the next layer's input
         }
     }
 }

@@ -13,10 +13,12 @@
 #include "engine/cpu/cejd_linear.h"
 #include "engine/cpu/model.h"
 #include "engine/cpu/nbit_linear.h"
+#include "engine/cpu/parallel.h"
 #include "engine/eval/perplexity.h"
 #include "checkpoint_test_util.h"
 #include "quant_test_util.h"
 #include "quantizer/calibration/calibration_data.h"
+#include "quantizer/calibration/importance.h"
 #include "quantizer/format/checkpoint_writer.h"
 #include "quantizer/methods/cejd.h"
 #include "quantizer/methods/mobie.h"
@@ -380,6 +382,56 @@ TEST(MobieFpTarget, CrossMomentsPairTheSameTokensAsTheHessians) {
         auto Ck = fps.take();
         EXPECT_LT(diff(Ck[{LinearKind::V, -1}], st.attn_in.H), 1e-6);
         EXPECT_EQ(Ck.count({LinearKind::Q, -1}), 0u);
+        run.advance();
+    }
+}
+
+TEST(MobieFpTarget, StreamRecordedByGlasEqualsItsOwnForward) {
+    // quantize_model lets GLAS's FP forward record the FP stream's inputs instead of running the stream's own forward:
+    // the cross moments must be the same bit for bit, for every kind and layer, also past a skipped (resumed) layer,
+    // with the GLAS samples running concurrently.
+    auto ids_train = Tokenizer::from_file(test::bundled_model() / "tokenizer.json")
+                         .encode(test::read_text(test::resources_dir() / "corpus" / "train.txt").substr(0, 100000));
+    CalibrationSet calib = random_windows(ids_train, 5, 32, 11, "train.txt");
+    auto           m     = Model::load(test::bundled_model());
+    FpStream::Recorded rec(calib.samples.size());
+    const int          threads = num_threads();
+    set_num_threads(3);
+    collect_gradient_stats(*m, calib, {}, true, [&rec](int s) { return FpStream::recorder(rec, s); });
+    set_num_threads(threads);
+    size_t bytes = 0;
+    for (const auto& layers : rec)
+        for (const auto& kinds : layers)
+            for (const auto& [k, x] : kinds) bytes += x.size() * sizeof(float);
+    EXPECT_GT(bytes, 0u);
+    EXPECT_LE(bytes, FpStream::recorded_bytes(m->spec(), calib));
+
+    FpStream        own(m->spec(), calib), recorded(m->spec(), std::move(rec));
+    LayerwiseRunner run(*m, calib);
+    own.skip();
+    recorded.skip();
+    run.advance();
+    const std::vector<LinearKind> kinds = {LinearKind::Q, LinearKind::K, LinearKind::V, LinearKind::O,
+                                           LinearKind::SharedGate, LinearKind::SharedUp, LinearKind::SharedDown,
+                                           LinearKind::ExpertGate, LinearKind::ExpertUp, LinearKind::ExpertDown};
+    for (int l = 1; l < m->spec().n_layer; ++l) {
+        own.capture();
+        recorded.capture();
+        const Hooks a = own.cross_hooks(kinds), b = recorded.cross_hooks(kinds);
+        Hooks       both;
+        both.on_linear = [&](const LinearEvent& e) {
+            a.on_linear(e);
+            b.on_linear(e);
+        };
+        both.on_layer = [&](const LayerEvent& e) {
+            a.on_layer(e);
+            b.on_layer(e);
+        };
+        run.run(both);
+        const FpStream::Moments ca = own.take(), cb = recorded.take();
+        EXPECT_TRUE(ca.count({LinearKind::ExpertDown, 0}) || ca.count({LinearKind::ExpertDown, 1})) << "layer " << l;
+        EXPECT_GT(ca.size(), 8u) << "layer " << l;
+        EXPECT_TRUE(ca == cb) << "layer " << l;
         run.advance();
     }
 }
