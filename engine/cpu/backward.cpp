@@ -464,17 +464,13 @@ void record_layer(const Ctx& c, int il, float* x, LayerActs& A, const Hooks* als
     A.experts.assign(c.spec.n_expert, ExpertActs{});
     A.shared_gate.clear();
     Hooks hooks;
-    hooks.on_linear = [&](const LinearEvent& ev) {
-        capture(ev, A);
-        if (also && also->on_linear) also->on_linear(ev);
-    };
+    hooks.on_linear = [&](const LinearEvent& ev) { capture(ev, A); };
     hooks.on_router = [&](const RouterEvent& ev) {
         A.probs.assign(ev.probs, ev.probs + (int64_t)ev.n * ev.n_expert);
         A.topi.assign(ev.topk_ids, ev.topk_ids + (int64_t)ev.n * ev.k);
         A.topw.assign(ev.topk_weights, ev.topk_weights + (int64_t)ev.n * ev.k);
-        if (also && also->on_router) also->on_router(ev);
     };
-    if (also) hooks.on_layer = also->on_layer;
+    if (also) hooks = chain_hooks(hooks, *also);
     c.model.forward_layer(il, x, c.n, nullptr, &hooks);
 }
 

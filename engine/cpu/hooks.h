@@ -59,4 +59,24 @@ struct Hooks {
     bool any() const { return on_linear || on_router || on_layer; }
 };
 
+// One callback that runs a, then b (either may be unset).
+template <class Fn> Fn chain_callbacks(Fn a, Fn b) {
+    if (!a) return b;
+    if (!b) return a;
+    return [a = std::move(a), b = std::move(b)](const auto& e) {
+        a(e);
+        b(e);
+    };
+}
+
+// Hooks that run `first`'s callbacks, then `then`'s, with first's stop: two observers on one pass.
+inline Hooks chain_hooks(const Hooks& first, const Hooks& then) {
+    Hooks h;
+    h.on_linear = chain_callbacks(first.on_linear, then.on_linear);
+    h.on_router = chain_callbacks(first.on_router, then.on_router);
+    h.on_layer  = chain_callbacks(first.on_layer, then.on_layer);
+    h.stop      = first.stop;
+    return h;
+}
+
 } // namespace moebius

@@ -242,6 +242,19 @@ void Model::forward(const int32_t* tokens, int n, KVCache& cache, float* logits,
 }
 
 void Model::forward_layer(int il, float* x, int n, KVCache* cache, const Hooks* hooks) const {
+    layer_pass(il, x, n, cache, true, hooks);
+}
+
+void Model::forward_ffn_block(int il, float* h, int n, const Hooks* hooks) const {
+    layer_pass(il, h, n, nullptr, false, hooks);
+}
+
+void Model::forward_attention_block(int il, float* x, int n, const Hooks* hooks) const {
+    if (!loaded_[il]) throw Error("layer " + std::to_string(il) + " is not loaded (lazily loaded model: load_layer first)");
+    attention_block(il, x, n, nullptr, hooks);
+}
+
+void Model::layer_pass(int il, float* x, int n, KVCache* cache, bool attention, const Hooks* hooks) const {
     if (!loaded_[il]) throw Error("layer " + std::to_string(il) + " is not loaded (lazily loaded model: load_layer first)");
     const int           H  = spec_.n_embd;
     const int           n_past = cache ? cache->n_past : 0;
@@ -254,8 +267,10 @@ void Model::forward_layer(int il, float* x, int n, KVCache* cache, const Hooks* 
     auto            done = [&](const float* out) {
         if (hooks && hooks->on_layer) hooks->on_layer(LayerEvent{il, n, H, input.data(), out, positions.data()});
     };
-    attention_block(il, x, n, cache, hooks);
-    if (stops_in_attention(stop)) return done(nullptr);
+    if (attention) {
+        attention_block(il, x, n, cache, hooks);
+        if (stops_in_attention(stop)) return done(nullptr);
+    }
     ffn_block(il, x, n, positions.data(), hooks);
     done(stop == LayerStop::None ? x : nullptr);
 }
@@ -268,18 +283,6 @@ void Model::attention_block(int il, float* x, int n, KVCache* cache, const Hooks
     attention(il, hn.data(), n, cache, cache ? cache->n_past : 0, hooks, delta.data());
     if (hooks && stops_in_attention(hooks->stop)) return;
     for (size_t i = 0; i < delta.size(); ++i) x[i] += delta[i];
-}
-
-void Model::forward_attention_block(int il, float* x, int n, const Hooks* hooks) const {
-    if (!loaded_[il]) throw Error("layer " + std::to_string(il) + " is not loaded (lazily loaded model: load_layer first)");
-    attention_block(il, x, n, nullptr, hooks);
-}
-
-void Model::forward_ffn_block(int il, float* h, int n, const Hooks* hooks) const {
-    if (!loaded_[il]) throw Error("layer " + std::to_string(il) + " is not loaded (lazily loaded model: load_layer first)");
-    std::vector<int> positions(n);
-    std::iota(positions.begin(), positions.end(), 0);
-    ffn_block(il, h, n, positions.data(), hooks);
 }
 
 void Model::ffn_block(int il, float* h, int n, const int* positions, const Hooks* hooks) const {

@@ -88,7 +88,8 @@ public:
     void forward_layer(int il, float* x, int n, KVCache* cache, const Hooks* hooks = nullptr) const;
     // The two halves of forward_layer (no cache, positions 0..n-1), for drivers whose attention no longer changes so
     // that passes over the FFN need not recompute it: x (n, n_embd) ← x + Attn(RMSNorm(x)), then h ← h + FFN(RMSNorm(h)).
-    // Together the same values as forward_layer; hooks->stop applies; on_layer is not reported.
+    // Together the same values and events as forward_layer; hooks->stop applies. on_layer is reported by the FFN block
+    // alone, its `input` being h, the residual after the attention.
     void forward_attention_block(int il, float* x, int n, const Hooks* hooks = nullptr) const;
     void forward_ffn_block(int il, float* h, int n, const Hooks* hooks = nullptr) const;
     void output(const float* x, int n, float* logits) const; // final norm + lm_head, logits (n, n_vocab)
@@ -112,6 +113,8 @@ private:
     static std::unique_ptr<Model> load_globals(const ModelSpec& spec, const WeightStore& store, const ProgressFn& progress);
     static LayerWeights           load_layer_weights(const ModelSpec& spec, const WeightStore& store, int il);
     void attention(int il, const float* hn, int n, KVCache* cache, int n_past, const Hooks* hooks, float* out) const;
+    // forward_layer (attention on) and forward_ffn_block (off): the blocks, then hooks->on_layer.
+    void layer_pass(int il, float* x, int n, KVCache* cache, bool attention, const Hooks* hooks) const;
     // x (n, H) += Attn(RMSNorm(x)) (x unchanged when hooks stop after the attention; positions from cache->n_past).
     void attention_block(int il, float* x, int n, KVCache* cache, const Hooks* hooks) const;
     // h (n, H) += FFN(RMSNorm(h)) (h left unspecified when hooks stop the layer early).

@@ -3,8 +3,6 @@
 #include "engine/core/error.h"
 #include "engine/cpu/ops.h"
 
-#include <numeric>
-
 namespace moebius::quant {
 
 const InputStats* LayerStats::for_linear(LinearKind kind, int expert) const {
@@ -47,15 +45,8 @@ LayerwiseRunner::LayerwiseRunner(Model& model, const CalibrationSet& calib, bool
 }
 
 void LayerwiseRunner::pass(float* x, const Hooks* hooks) {
-    const int n = calib_.seqlen;
-    if (!attention_done_) return model_.forward_layer(layer_, x, n, nullptr, hooks);
-    if (!hooks || !hooks->on_layer) return model_.forward_ffn_block(layer_, x, n, hooks);
-    const int          H = model_.spec().n_embd;
-    std::vector<float> input(x, x + (size_t)n * H);
-    std::vector<int>   positions(n);
-    std::iota(positions.begin(), positions.end(), 0);
-    model_.forward_ffn_block(layer_, x, n, hooks);
-    hooks->on_layer(LayerEvent{layer_, n, H, input.data(), hooks->stop == LayerStop::None ? x : nullptr, positions.data()});
+    if (attention_done_) model_.forward_ffn_block(layer_, x, calib_.seqlen, hooks);
+    else model_.forward_layer(layer_, x, calib_.seqlen, nullptr, hooks);
 }
 
 void LayerwiseRunner::run(const Hooks& hooks, const ProgressFn& progress) {
@@ -147,12 +138,8 @@ LayerStats LayerwiseRunner::capture(const CaptureOptions& opt, const ProgressFn&
             break;
         default: break;
         }
-        if (also && also->on_linear) also->on_linear(e);
     };
-    if (also) {
-        hooks.on_router = also->on_router;
-        hooks.on_layer  = also->on_layer;
-    }
+    if (also) hooks = chain_hooks(hooks, *also);
     // The layer runs only as far as these statistics (and `also`, which reads inputs) need.
     hooks.stop = !opt.ffn && !opt.experts ? (attn_out ? LayerStop::Attention : LayerStop::AttentionInputs)
                  : !ffn_mid && !exp_mid   ? LayerStop::FfnInputs

@@ -199,25 +199,25 @@ Hooks FpStream::recorder(Recorded& rec, int sample) {
     return h;
 }
 
-FpStream::FpStream(const ModelSpec& spec, const CalibrationSet& calib) {
+namespace {
+std::unique_ptr<Model> lazy_fp_copy(const ModelSpec& spec) {
     LoadOptions lo;
     lo.lazy_layers = true;
-    model_ = Model::load(spec.dir, {}, lo);
-    run_   = std::make_unique<LayerwiseRunner>(*model_, calib);
+    return Model::load(spec.dir, {}, lo);
+}
+} // namespace
+
+FpStream::FpStream(const ModelSpec& spec, const CalibrationSet& calib) : model_(lazy_fp_copy(spec)) {
+    run_ = std::make_unique<LayerwiseRunner>(*model_, calib);
 }
 
-FpStream::FpStream(const ModelSpec& spec, Recorded recorded) : recorded_(std::move(recorded)) {
-    LoadOptions lo;
-    lo.lazy_layers = true;
-    model_ = Model::load(spec.dir, {}, lo);
-}
+FpStream::FpStream(const ModelSpec& spec, Recorded recorded) : model_(lazy_fp_copy(spec)), recorded_(std::move(recorded)) {}
 
 void FpStream::capture() {
     const int l = next_++;
     if (l > 0) model_->release_layer(l - 1);
     in_.clear();
     if (!run_) {
-        if (!model_->layer_loaded(l)) model_->load_layer(l);
         for (size_t s = 0; s < recorded_.size(); ++s) {
             MOEBIUS_ASSERT((int)recorded_[s].size() > l);
             for (auto& [kind, x] : recorded_[s][l]) {
@@ -270,6 +270,9 @@ LinearKind same_input_as(LinearKind k) {
 Hooks FpStream::cross_hooks(const std::vector<LinearKind>& kinds) {
     using RowMatF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
     MOEBIUS_ASSERT(layer_ >= 0);
+    // The FP experts' down inputs are recomputed from the FP layer (recorded streams load it only for them).
+    if (std::find(kinds.begin(), kinds.end(), LinearKind::ExpertDown) != kinds.end() && !model_->layer_loaded(layer_))
+        model_->load_layer(layer_);
     kinds_  = kinds;
     sample_ = 0;
     C_.clear();

@@ -91,7 +91,7 @@ private:
     std::unique_ptr<LayerwiseRunner> run_;      // own forward; null when serving recorded_
     Recorded                         recorded_;
     int                              next_  = 0;  // the layer the next capture() or skip() moves past
-    int                              layer_ = -1; // the FP layer in_ belongs to (kept loaded for the experts)
+    int                              layer_ = -1; // the FP layer in_ belongs to (loaded for the experts' down)
     // [kind] [sample] (seqlen, in): FP inputs of the non-expert linears (Router: the FFN input, also the experts').
     std::map<LinearKind, std::vector<std::vector<float>>> in_;
     std::vector<LinearKind> kinds_;

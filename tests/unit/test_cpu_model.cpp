@@ -21,6 +21,19 @@ const Model& bundled() {
     static auto m = Model::load(test::bundled_model());
     return *m;
 }
+// The five families: the bundled (trained) Qwen2-MoE and the random fixtures of the others.
+const char* const k_families[] = {"deepseekmoe", "qwen3moe", "mixtral", "olmoe", "qwen2moe"};
+std::unique_ptr<Model> family_model(const std::string& family) {
+    return family == "qwen2moe" ? Model::load(test::bundled_model()) : Model::load(test::random_model(family));
+}
+// (n, n_embd) embeddings of the ids (a·t + b) mod n_vocab.
+std::vector<float> embedded_ids(const Model& m, int n, int a, int b) {
+    std::vector<int32_t> ids(n);
+    for (int t = 0; t < n; ++t) ids[t] = (a * t + b) % m.spec().n_vocab;
+    std::vector<float> x((size_t)n * m.spec().n_embd);
+    m.embed(ids.data(), n, x.data());
+    return x;
+}
 float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
     float d = 0;
     for (size_t i = 0; i < a.size(); ++i) d = std::max(d, std::fabs(a[i] - b[i]));
@@ -117,15 +130,11 @@ TEST(CpuModel, HooksSeeEveryRoutedToken) {
 // A statistics pass that stops a layer early (Hooks::stop) reports the same inputs, and the outputs it computed,
 // as the whole layer does; the events it leaves out or leaves without output are the documented ones.
 TEST(CpuModel, LayerStopReportsTheFullPassInputs) {
-    for (const char* family : {"deepseekmoe", "qwen3moe", "mixtral", "olmoe", "qwen2moe"}) {
-        auto        model = std::string(family) == "qwen2moe" ? Model::load(test::bundled_model())
-                                                              : Model::load(test::random_model(family));
-        const auto& spec  = model->spec();
-        const int   n     = 19;
-        std::vector<int32_t> ids(n);
-        for (int t = 0; t < n; ++t) ids[t] = (31 * t + 7) % spec.n_vocab;
-        std::vector<float> x0((size_t)n * spec.n_embd);
-        model->embed(ids.data(), n, x0.data());
+    for (const char* family : k_families) {
+        auto               model = family_model(family);
+        const auto&        spec  = model->spec();
+        const int          n     = 19;
+        std::vector<float> x0    = embedded_ids(*model, n, 31, 7);
         struct Ev {
             LinearKind         kind;
             int                expert;
@@ -190,15 +199,11 @@ TEST(CpuModel, LayerStopReportsTheFullPassInputs) {
 // forward_attention_block then forward_ffn_block (the calibration runner's FFN-only passes) is forward_layer, bit
 // for bit: the same events with the same inputs and outputs, the same output, and the same under every FFN stop.
 TEST(CpuModel, LayerHalvesEqualTheWholeLayer) {
-    for (const char* family : {"deepseekmoe", "qwen3moe", "mixtral", "olmoe", "qwen2moe"}) {
-        auto        model = std::string(family) == "qwen2moe" ? Model::load(test::bundled_model())
-                                                              : Model::load(test::random_model(family));
-        const auto& spec  = model->spec();
-        const int   n     = 17;
-        std::vector<int32_t> ids(n);
-        for (int t = 0; t < n; ++t) ids[t] = (29 * t + 3) % spec.n_vocab;
-        std::vector<float> x((size_t)n * spec.n_embd);
-        model->embed(ids.data(), n, x.data());
+    for (const char* family : k_families) {
+        auto               model = family_model(family);
+        const auto&        spec  = model->spec();
+        const int          n     = 17;
+        std::vector<float> x     = embedded_ids(*model, n, 29, 3);
         using Ev = std::tuple<LinearKind, int, std::vector<float>, std::vector<float>>; // kind, expert, x, y
         auto recorder = [](std::vector<Ev>& evs, LayerStop stop) {
             Hooks h;

@@ -417,17 +417,7 @@ TEST(MobieFpTarget, StreamRecordedByGlasEqualsItsOwnForward) {
     for (int l = 1; l < m->spec().n_layer; ++l) {
         own.capture();
         recorded.capture();
-        const Hooks a = own.cross_hooks(kinds), b = recorded.cross_hooks(kinds);
-        Hooks       both;
-        both.on_linear = [&](const LinearEvent& e) {
-            a.on_linear(e);
-            b.on_linear(e);
-        };
-        both.on_layer = [&](const LayerEvent& e) {
-            a.on_layer(e);
-            b.on_layer(e);
-        };
-        run.run(both);
+        run.run(chain_hooks(own.cross_hooks(kinds), recorded.cross_hooks(kinds)));
         const FpStream::Moments ca = own.take(), cb = recorded.take();
         EXPECT_TRUE(ca.count({LinearKind::ExpertDown, 0}) || ca.count({LinearKind::ExpertDown, 1})) << "layer " << l;
         EXPECT_GT(ca.size(), 8u) << "layer " << l;
