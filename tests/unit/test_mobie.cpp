@@ -150,6 +150,78 @@ TEST(Cejd, InputBasisFindsSharedSubspaceAndCoefficientsAreLeastSquares) {
     EXPECT_THROW(cejd_input_basis(Wp, out, in, Hn, {}, in + 1), InputError);
 }
 
+// The bases' reference: the formulas of cejd.h with symmetric square roots, f64 throughout (what the Cholesky /
+// f32-Gram implementation must reproduce).
+Eigen::MatrixXd sym_root(Eigen::MatrixXd A, bool inverse) {
+    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(0.5 * (A + A.transpose()));
+    return inverse ? es.operatorInverseSqrt() : es.operatorSqrt();
+}
+Eigen::MatrixXd top_r(const Eigen::MatrixXd& G, int r) {
+    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(0.5 * (G + G.transpose()));
+    return es.eigenvectors().rightCols(r).rowwise().reverse();
+}
+// Each row of B (r, n) equals the reference's up to sign (eigenvectors are defined up to sign), relative to its norm.
+double basis_mismatch(const RMat& B, const RMat& ref) {
+    double worst = 0;
+    for (int i = 0; i < B.rows(); ++i) {
+        const double s = B.row(i).dot(ref.row(i)) < 0 ? -1.0 : 1.0;
+        worst = std::max(worst, (B.row(i) - s * ref.row(i)).norm() / ref.row(i).norm());
+    }
+    return worst;
+}
+
+TEST(Cejd, BasesEqualTheSquareRootFormulation) {
+    const int E = 5, out = 40, in = 56, r = 6;
+    std::vector<std::vector<float>> W(E), rw(E);
+    std::vector<const float*>       Wp;
+    std::vector<std::vector<double>> He(E);
+    std::vector<const std::vector<double>*> Hp;
+    std::mt19937 rng(3);
+    std::uniform_real_distribution<float> ud(0.2f, 3.f);
+    for (int e = 0; e < E; ++e) {
+        W[e] = test::random_w(out, in, 400 + e);
+        Wp.push_back(W[e].data());
+        rw[e].resize(out);
+        for (float& v : rw[e]) v = ud(rng);
+        He[e] = test::correlated_h(in, 300, 500 + e);
+        Hp.push_back(&He[e]);
+    }
+    // Input side, with row weights: u = top-r of H^½ Σ Wᵀ D W H^½ over H + 1e-2·mean·I, B = uᵀ H^-½.
+    std::vector<double> H = test::correlated_h(in, 300, 7);
+    for (double& v : H) v /= 300;
+    Eigen::MatrixXd Hf = Eigen::Map<const Eigen::MatrixXd>(H.data(), in, in);
+    Hf.diagonal().array() += 1e-2 * Hf.diagonal().mean();
+    Eigen::MatrixXd G = Eigen::MatrixXd::Zero(in, in);
+    for (int e = 0; e < E; ++e) {
+        RMat w = as_mat(W[e], out, in);
+        for (int i = 0; i < out; ++i) w.row(i) *= std::sqrt((double)rw[e][i]);
+        G += w.transpose() * w;
+    }
+    const Eigen::MatrixXd Hh = sym_root(Hf, false), Hhi = sym_root(Hf, true);
+    const RMat            Bin_ref = top_r(Hh * G * Hh, r).transpose() * Hhi;
+    EXPECT_LT(basis_mismatch(as_mat(cejd_input_basis(Wp, out, in, H, rw, r), r, in), Bin_ref), 1e-4);
+    // Output side, plain and with an SPD metric M: ũ = top-r of M^½ Σ W H Wᵀ M^½, B = M^-½ ũ.
+    Eigen::MatrixXd Go = Eigen::MatrixXd::Zero(out, out);
+    for (int e = 0; e < E; ++e) {
+        const RMat w = as_mat(W[e], out, in);
+        Go += w * Eigen::Map<const Eigen::MatrixXd>(He[e].data(), in, in) * w.transpose();
+    }
+    EXPECT_LT(basis_mismatch(as_mat(cejd_output_basis(Wp, out, in, Hp, {}, r), out, r).transpose(),
+                             top_r(Go, r).transpose()),
+              1e-4);
+    const RMat          R = as_mat(test::random_w(3, out, 9), 3, out);
+    Eigen::MatrixXd     Mm = Eigen::MatrixXd::Identity(out, out) + 2.0 * R.transpose() * R;
+    std::vector<double> M(Mm.data(), Mm.data() + Mm.size());
+    const Eigen::MatrixXd Mh = sym_root(Mm, false), Mhi = sym_root(Mm, true);
+    EXPECT_LT(basis_mismatch(as_mat(cejd_output_basis(Wp, out, in, Hp, M, r), out, r).transpose(),
+                             (Mhi * top_r(Mh * Go * Mh, r)).transpose()),
+              1e-4);
+    // A metric that is not positive definite is refused.
+    std::vector<double> bad(M);
+    bad[0] = -1;
+    EXPECT_THROW(cejd_output_basis(Wp, out, in, Hp, bad, r), InputError);
+}
+
 TEST(Cejd, RouterMetricKeepsTheRefitErrorOutOfTheRoutersDirections) {
     // NGES: with the router's directions in the output metric, the shared output basis spans them and the refit
     // coefficients absorb the residual's error there; the router then sees far less of the error.
