@@ -3,7 +3,6 @@
 #include "engine/core/error.h"
 #include "quantizer/linalg.h"
 
-#include <Eigen/Cholesky>
 #include <Eigen/Core>
 #include <string>
 
@@ -36,9 +35,10 @@ Mat floored_cholesky(const std::vector<double>& Av, int d, bool floor, const cha
         const double mean = A.diagonal().mean();
         A.diagonal().array() += 1e-2 * (mean > 0 ? mean : 1.0);
     }
-    Eigen::LLT<Mat> llt(A);
-    if (llt.info() != Eigen::Success) throw InputError(std::string("cejd: the ") + what + " must be symmetric positive definite");
-    return llt.matrixL();
+    bool ok = false;
+    Mat  L  = cholesky_lower(A, ok);
+    if (!ok) throw InputError(std::string("cejd: the ") + what + " must be symmetric positive definite");
+    return L;
 }
 
 // Top-r eigenvectors (descending eigenvalue) of Lᵀ G L mapped back through L⁻ᵀ, as columns (d, r). G: only its lower
@@ -47,9 +47,7 @@ Mat whitened_top(const Mat& G_lower, const Mat& L, int r) {
     Mat G = G_lower.selfadjointView<Eigen::Lower>();
     Mat T = G * L.triangularView<Eigen::Lower>();                        // G L
     Mat W = L.transpose().triangularView<Eigen::Upper>() * T;            // Lᵀ G L
-    const SymmetricEigen es = symmetric_eigen(0.5 * (W + W.transpose()));
-    if (!es.ok) throw Error("cejd: eigendecomposition of the joint Gram matrix failed");
-    const Mat v = es.vectors.rightCols(r).rowwise().reverse();
+    const Mat v = top_eigenvectors(0.5 * (W + W.transpose()), r);
     return L.transpose().triangularView<Eigen::Upper>().solve(v);
 }
 
@@ -100,11 +98,7 @@ std::vector<float> cejd_output_basis(const std::vector<const float*>& W, int out
         g.triangularView<Eigen::Lower>() += P * w.transpose();
         G.triangularView<Eigen::Lower>() += g.cast<double>();
     }
-    if (Mv.empty()) { // the plain top eigenvectors (L = I)
-        const SymmetricEigen es = symmetric_eigen(Mat(G.selfadjointView<Eigen::Lower>()));
-        if (!es.ok) throw Error("cejd: eigendecomposition of the joint Gram matrix failed");
-        return to_floats(RMat(es.vectors.rightCols(rank).rowwise().reverse()));
-    }
+    if (Mv.empty()) return to_floats(RMat(top_eigenvectors(G, rank))); // the plain top eigenvectors (L = I)
     return to_floats(RMat(whitened_top(G, floored_cholesky(Mv, out, false, "output metric"), rank))); // (out, r)
 }
 
