@@ -501,7 +501,7 @@ QuantizeReport quantize_model(Model& model, const CalibrationSet& calib, const Q
     const auto& spec = model.spec();
     validate_options(opt, spec);
     QuantizeReport rep;
-    LayerQuantizer lq{model, opt, rep};
+    LayerQuantizer lq{model, opt, rep, {}};
     const int      L     = spec.n_layer;
     const bool     rtn   = opt.method == "rtn";
     std::unique_ptr<LayerCheckpoints> saved;
