@@ -26,8 +26,8 @@ std::vector<float> to_floats(const RMat& m) {
 
 // The Cholesky factor L (lower, L Lᵀ = A) of A + λI with λ = 1e-2 · mean diag (dead and weak directions get a floor).
 // It stands in for A^½: for any symmetric G the top-r eigenvectors v of Lᵀ G L and u of A^½ G A^½ give the same
-// basis, L⁻ᵀ v = A^-½ u (Q = A^-½ L is orthogonal and Lᵀ G L = Qᵀ (A^½ G A^½) Q) — at a third of one
-// eigendecomposition's cost instead of two (the square-root pair took a full in × in eigendecomposition).
+// basis, L⁻ᵀ v = A^-½ u (Q = A^-½ L is orthogonal and Lᵀ G L = Qᵀ (A^½ G A^½) Q). One LLT (0.16 s at 2048²) instead
+// of the square-root pair's full eigendecomposition with all eigenvectors (~11 s).
 Mat floored_cholesky(const std::vector<double>& Av, int d, bool floor, const char* what) {
     Mat A = Eigen::Map<const Mat>(Av.data(), d, d);
     A     = 0.5 * (A + A.transpose());
