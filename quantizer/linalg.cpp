@@ -27,47 +27,56 @@ SymmetricEigen symmetric_eigen(const Eigen::MatrixXd& A, bool roots) {
 
 namespace {
 
-// Solves (T − σI) x = b in place for the symmetric tridiagonal T (diagonal d (n), off-diagonal e (n − 1)) by Gaussian
-// elimination with partial pivoting (LAPACK's dgttrf / dgttrs); a zero pivot is replaced by `tiny`, so that inverse
-// iteration at an exact eigenvalue still grows the eigenvector.
-void shifted_tridiagonal_solve(const Eigen::VectorXd& d, const Eigen::VectorXd& e, double sigma, double tiny,
-                               Eigen::VectorXd& x) {
-    const int           n = (int)d.size();
-    std::vector<double> dl(n), dd(n), du(n), du2(n, 0.0);
-    std::vector<char>   swapped(n, 0);
-    for (int i = 0; i < n; ++i) {
-        dd[i] = d[i] - sigma;
-        if (i + 1 < n) dl[i] = du[i] = e[i];
-    }
-    for (int i = 0; i + 1 < n; ++i) {
-        if (std::abs(dd[i]) >= std::abs(dl[i])) { // no row interchange
-            if (dd[i] == 0) dd[i] = tiny;
-            const double f = dl[i] / dd[i];
-            dl[i]          = f;
-            dd[i + 1] -= f * du[i];
-        } else { // interchange rows i and i + 1
-            const double f = dd[i] / dl[i];
-            dd[i]          = dl[i];
-            dl[i]          = f;
-            const double t = du[i];
-            du[i]          = dd[i + 1];
-            dd[i + 1]      = t - f * dd[i + 1];
-            if (i + 2 < n) {
-                du2[i]    = du[i + 1];
-                du[i + 1] = -f * du[i + 1];
-            }
-            swapped[i] = 1;
+// The LU factors of T − σI for the symmetric tridiagonal T (diagonal d (n), off-diagonal e (n − 1)) by Gaussian
+// elimination with partial pivoting (LAPACK's dgttrf), and solves with them (dgttrs). A zero pivot is replaced by
+// `tiny`, so that inverse iteration at an exact eigenvalue still grows the eigenvector.
+class ShiftedTridiagonalLu {
+public:
+    ShiftedTridiagonalLu(const Eigen::VectorXd& d, const Eigen::VectorXd& e, double sigma, double tiny)
+        : n_((int)d.size()), dl_(n_), dd_(n_), du_(n_), du2_(n_, 0.0), swapped_(n_, 0) {
+        for (int i = 0; i < n_; ++i) {
+            dd_[i] = d[i] - sigma;
+            if (i + 1 < n_) dl_[i] = du_[i] = e[i];
         }
+        for (int i = 0; i + 1 < n_; ++i) {
+            if (std::abs(dd_[i]) >= std::abs(dl_[i])) { // no row interchange
+                if (dd_[i] == 0) dd_[i] = tiny;
+                const double f = dl_[i] / dd_[i];
+                dl_[i]         = f;
+                dd_[i + 1] -= f * du_[i];
+            } else { // interchange rows i and i + 1
+                const double f = dd_[i] / dl_[i];
+                dd_[i]         = dl_[i];
+                dl_[i]         = f;
+                const double t = du_[i];
+                du_[i]         = dd_[i + 1];
+                dd_[i + 1]     = t - f * dd_[i + 1];
+                if (i + 2 < n_) {
+                    du2_[i]    = du_[i + 1];
+                    du_[i + 1] = -f * du_[i + 1];
+                }
+                swapped_[i] = 1;
+            }
+        }
+        if (dd_[n_ - 1] == 0) dd_[n_ - 1] = tiny;
     }
-    if (dd[n - 1] == 0) dd[n - 1] = tiny;
-    for (int i = 0; i + 1 < n; ++i) { // L y = P b
-        if (swapped[i]) std::swap(x[i], x[i + 1]);
-        x[i + 1] -= dl[i] * x[i];
+
+    // x ← (T − σI)⁻¹ x
+    void solve(Eigen::VectorXd& x) const {
+        for (int i = 0; i + 1 < n_; ++i) { // L y = P b
+            if (swapped_[i]) std::swap(x[i], x[i + 1]);
+            x[i + 1] -= dl_[i] * x[i];
+        }
+        x[n_ - 1] /= dd_[n_ - 1]; // U x = y
+        if (n_ > 1) x[n_ - 2] = (x[n_ - 2] - du_[n_ - 2] * x[n_ - 1]) / dd_[n_ - 2];
+        for (int i = n_ - 3; i >= 0; --i) x[i] = (x[i] - du_[i] * x[i + 1] - du2_[i] * x[i + 2]) / dd_[i];
     }
-    x[n - 1] /= dd[n - 1]; // U x = y
-    if (n > 1) x[n - 2] = (x[n - 2] - du[n - 2] * x[n - 1]) / dd[n - 2];
-    for (int i = n - 3; i >= 0; --i) x[i] = (x[i] - du[i] * x[i + 1] - du2[i] * x[i + 2]) / dd[i];
-}
+
+private:
+    int                 n_;
+    std::vector<double> dl_, dd_, du_, du2_;
+    std::vector<char>   swapped_;
+};
 
 } // namespace
 
@@ -98,8 +107,9 @@ Eigen::MatrixXd top_eigenvectors(const Eigen::MatrixXd& A, int r, bool* fast) {
         Eigen::VectorXd x(n);
         for (int i = 0; i < n; ++i) x[i] = 1.0 + 0.5 * std::sin(1.0 + 0.7 * i + 0.3 * k);
         x.normalize();
+        const ShiftedTridiagonalLu lu(d, e, l + 4 * eps * norm, eps * norm); // the same shift for every iteration
         for (int it = 0; it < 5; ++it) {
-            shifted_tridiagonal_solve(d, e, l + 4 * eps * norm, eps * norm, x);
+            lu.solve(x);
             // Orthogonalise against the vectors of the same cluster (those found before, with close eigenvalues).
             for (int j = 0; j < k; ++j)
                 if (std::abs(lam[n - 1 - j] - l) <= cluster) x -= Y.col(j).dot(x) * Y.col(j);

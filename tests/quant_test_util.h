@@ -17,6 +17,13 @@ inline std::vector<float> random_w(int out, int in, uint32_t seed, float scale =
     return w;
 }
 
+// The top-r eigenvectors (descending) of a symmetric A by Eigen's full solver: the reference for
+// quant::top_eigenvectors and the CEJD bases.
+inline Eigen::MatrixXd reference_top_eigenvectors(const Eigen::MatrixXd& A, int r) {
+    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(0.5 * (A + A.transpose()));
+    return es.eigenvectors().rightCols(r).rowwise().reverse();
+}
+
 // H = XᵀX (n, n) for `tokens` tokens whose features are strongly correlated (a random mixing of a few latent factors
 // plus noise): the regime where Hessian-aware methods differ from round-to-nearest.
 inline std::vector<double> correlated_h(int n, int tokens, uint32_t seed) {

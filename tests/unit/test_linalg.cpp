@@ -4,6 +4,7 @@
 #include <Eigen/Eigenvalues>
 #include <random>
 
+#include "quant_test_util.h"
 #include "quantizer/linalg.h"
 
 using namespace moebius::quant;
@@ -28,11 +29,6 @@ void expect_same_subspace(const Eigen::MatrixXd& V, const Eigen::MatrixXd& U, do
     EXPECT_LT((V * V.transpose() - U * U.transpose()).norm(), tol);
 }
 
-Eigen::MatrixXd reference_top(const Eigen::MatrixXd& A, int r) {
-    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(A);
-    return es.eigenvectors().rightCols(r).rowwise().reverse();
-}
-
 } // namespace
 
 TEST(Linalg, TopEigenvectorsMatchTheFullSolver) {
@@ -44,7 +40,7 @@ TEST(Linalg, TopEigenvectorsMatchTheFullSolver) {
     const Eigen::MatrixXd Q = Eigen::HouseholderQR<Eigen::MatrixXd>(random_matrix(n, n, 2)).householderQ();
     const Eigen::MatrixXd A = Q * D * Q.transpose() + 1e-3 * X * X.transpose() / (2.0 * n);
     bool                  fast = false;
-    const Eigen::MatrixXd V = top_eigenvectors(A, r, &fast), U = reference_top(A, r);
+    const Eigen::MatrixXd V = top_eigenvectors(A, r, &fast), U = moebius::test::reference_top_eigenvectors(A, r);
     EXPECT_TRUE(fast); // the tridiagonal path, not the fallback
     for (int k = 0; k < r; ++k) EXPECT_GT(std::abs(V.col(k).dot(U.col(k))), 1 - 1e-10) << k;
     expect_same_subspace(V, U, 1e-9);
@@ -65,7 +61,7 @@ TEST(Linalg, TopEigenvectorsOfClusteredAndRepeatedEigenvalues) {
     const Eigen::MatrixXd A = Q * lam.asDiagonal() * Q.transpose();
     for (int k : {3, 6, r}) {
         bool fast = false;
-        expect_same_subspace(top_eigenvectors(A, k, &fast), k == r ? reference_top(A, r) : Q.leftCols(k), 1e-8);
+        expect_same_subspace(top_eigenvectors(A, k, &fast), k == r ? moebius::test::reference_top_eigenvectors(A, r) : Q.leftCols(k), 1e-8);
         EXPECT_TRUE(fast) << k;
     }
 }
@@ -73,14 +69,14 @@ TEST(Linalg, TopEigenvectorsOfClusteredAndRepeatedEigenvalues) {
 TEST(Linalg, TopEigenvectorsReadOnlyTheLowerTriangleAndHandleSmallSizes) {
     const Eigen::MatrixXd X = random_matrix(128, 128, 4);
     Eigen::MatrixXd       A = X * X.transpose();
-    const Eigen::MatrixXd U = reference_top(A, 8);
+    const Eigen::MatrixXd U = moebius::test::reference_top_eigenvectors(A, 8);
     A.triangularView<Eigen::StrictlyUpper>().setConstant(1e6); // garbage above the diagonal is not read
     bool fast = false;
     expect_same_subspace(top_eigenvectors(A, 8, &fast), U, 1e-9);
     EXPECT_TRUE(fast);
     // Below the fast path's sizes (n < 64 or r > n / 8) the full solver answers.
     const Eigen::MatrixXd S = random_matrix(20, 20, 5), B = S * S.transpose();
-    expect_same_subspace(top_eigenvectors(B, 5, &fast), reference_top(B, 5), 1e-12);
+    expect_same_subspace(top_eigenvectors(B, 5, &fast), moebius::test::reference_top_eigenvectors(B, 5), 1e-12);
     EXPECT_FALSE(fast);
 }
 

@@ -150,15 +150,13 @@ TEST(Cejd, InputBasisFindsSharedSubspaceAndCoefficientsAreLeastSquares) {
     EXPECT_THROW(cejd_input_basis(Wp, out, in, Hn, {}, in + 1), InputError);
 }
 
+namespace {
+
 // The bases' reference: the formulas of cejd.h with symmetric square roots, f64 throughout (what the Cholesky /
 // f32-Gram implementation must reproduce).
 Eigen::MatrixXd sym_root(Eigen::MatrixXd A, bool inverse) {
     Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(0.5 * (A + A.transpose()));
     return inverse ? es.operatorInverseSqrt() : es.operatorSqrt();
-}
-Eigen::MatrixXd top_r(const Eigen::MatrixXd& G, int r) {
-    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(0.5 * (G + G.transpose()));
-    return es.eigenvectors().rightCols(r).rowwise().reverse();
 }
 // Each row of B (r, n) equals the reference's up to sign (eigenvectors are defined up to sign), relative to its norm.
 double basis_mismatch(const RMat& B, const RMat& ref) {
@@ -169,6 +167,8 @@ double basis_mismatch(const RMat& B, const RMat& ref) {
     }
     return worst;
 }
+
+} // namespace
 
 TEST(Cejd, BasesEqualTheSquareRootFormulation) {
     const int E = 5, out = 40, in = 56, r = 6;
@@ -198,7 +198,7 @@ TEST(Cejd, BasesEqualTheSquareRootFormulation) {
         G += w.transpose() * w;
     }
     const Eigen::MatrixXd Hh = sym_root(Hf, false), Hhi = sym_root(Hf, true);
-    const RMat            Bin_ref = top_r(Hh * G * Hh, r).transpose() * Hhi;
+    const RMat            Bin_ref = test::reference_top_eigenvectors(Hh * G * Hh, r).transpose() * Hhi;
     EXPECT_LT(basis_mismatch(as_mat(cejd_input_basis(Wp, out, in, H, rw, r), r, in), Bin_ref), 1e-4);
     // Output side, plain and with an SPD metric M: ũ = top-r of M^½ Σ W H Wᵀ M^½, B = M^-½ ũ.
     Eigen::MatrixXd Go = Eigen::MatrixXd::Zero(out, out);
@@ -207,14 +207,14 @@ TEST(Cejd, BasesEqualTheSquareRootFormulation) {
         Go += w * Eigen::Map<const Eigen::MatrixXd>(He[e].data(), in, in) * w.transpose();
     }
     EXPECT_LT(basis_mismatch(as_mat(cejd_output_basis(Wp, out, in, Hp, {}, r), out, r).transpose(),
-                             top_r(Go, r).transpose()),
+                             test::reference_top_eigenvectors(Go, r).transpose()),
               1e-4);
     const RMat          R = as_mat(test::random_w(3, out, 9), 3, out);
     Eigen::MatrixXd     Mm = Eigen::MatrixXd::Identity(out, out) + 2.0 * R.transpose() * R;
     std::vector<double> M(Mm.data(), Mm.data() + Mm.size());
     const Eigen::MatrixXd Mh = sym_root(Mm, false), Mhi = sym_root(Mm, true);
     EXPECT_LT(basis_mismatch(as_mat(cejd_output_basis(Wp, out, in, Hp, M, r), out, r).transpose(),
-                             (Mhi * top_r(Mh * Go * Mh, r)).transpose()),
+                             (Mhi * test::reference_top_eigenvectors(Mh * Go * Mh, r)).transpose()),
               1e-4);
     // A metric that is not positive definite is refused.
     std::vector<double> bad(M);
