@@ -48,6 +48,11 @@ void validate_options(const QuantizeOptions& o, const ModelSpec& spec) {
     const bool vq = o.method == "gptvq" || o.method == "kbvq";
     if (o.method == "kbvq" && (o.kbvq_rank < 0 || o.kbvq_rank > 4096))
         throw InputError("--rank must be in 0..4096, got " + std::to_string(o.kbvq_rank));
+    if (o.method == "kbvq" && o.kbvq_dim != 0 && o.kbvq_dim != 1 && o.kbvq_dim != 2 && o.kbvq_dim != 4)
+        throw InputError("--expert-vq-dim must be 1, 2 or 4 (0: automatic), got " + std::to_string(o.kbvq_dim));
+    if (o.method == "kbvq" && o.kbvq_dim > 0 && o.bits * o.kbvq_dim > 12)
+        throw InputError("--bits · --expert-vq-dim must be at most 12 (4096 centroids), got " + std::to_string(o.bits) +
+                         " · " + std::to_string(o.kbvq_dim));
     if (vq) {
         if (o.vq_dim != 1 && o.vq_dim != 2 && o.vq_dim != 4)
             throw InputError("--vq-dim must be 1, 2 or 4, got " + std::to_string(o.vq_dim));
@@ -276,7 +281,8 @@ nlohmann::ordered_json fingerprint(const Model& model, const CalibrationSet& cal
             {"group", opt.group},
             {"vq_dim", opt.vq_dim},
             {"vq_group_size", opt.vq_group_size},
-            {"kbvq", {opt.kbvq_rank, opt.idre, opt.bcos, opt.bcos_bias, opt.bcos_gamma}},
+            {"kbvq", {opt.kbvq_rank, opt.idre, opt.bcos, opt.bcos_bias, opt.bcos_gamma, opt.kbvq_shared_codebooks,
+                      opt.kbvq_dim}},
             {"mobie", {opt.mobie_core, opt.mobie_rank, opt.cejd, opt.cejd_refit, opt.cejd_all, opt.glas, opt.nges, opt.nges_weight,
                        opt.fp_target, opt.fp_target_experts, opt.fp_ridge, opt.fp_target_any, opt.glas_samples}},
             {"sym", opt.sym},

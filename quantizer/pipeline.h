@@ -29,6 +29,10 @@ struct QuantizeOptions {
     // + GPTVQ of the residual + BCOS (per-layer channel affine of the experts' aggregate; bcos_bias adds β);
     // every other linear is GPTVQ-quantized with the same vq_dim / bits / vq_group_size.
     int         kbvq_rank = 4;
+    // kbvq: one VQ codebook per layer and kind shared by the routed experts' residuals (docs/FORMAT.md "kbvq"), which
+    // pays for a wider vector dimension; kbvq_dim the experts' D (0: automatic, kbvq.h kbvq_expert_dim).
+    bool        kbvq_shared_codebooks = true;
+    int         kbvq_dim              = 0;
     bool        idre      = true;
     bool        bcos      = true;
     bool        bcos_bias = true;

@@ -44,10 +44,10 @@ std::string module_group(const std::string& name) {
 int cmd_quantize(const Argv& argv) {
     Args args(argv, {"json", "ebss", "force", "sym", "act-order", "quantize-router", "no-attention", "resume", "no-idre",
                      "no-bcos", "no-bcos-bias", "no-bcos-gamma", "no-cejd", "no-glas", "no-nges", "no-refit", "cejd-all",
-                     "no-fp-target", "fp-target-experts", "fp-target"},
+                     "no-fp-target", "fp-target-experts", "fp-target", "no-shared-codebooks"},
               {"method", "bits", "group", "calib", "text", "samples", "seqlen", "seed", "out", "threads", "damp",
                "beam", "tau", "max-shard-size", "vq-dim", "vq-group-size", "rank", "core", "nges-weight", "fp-ridge",
-               "glas-samples"});
+               "glas-samples", "expert-vq-dim"});
     apply_threads(args);
     auto dir = model_arg(args);
     auto out = args.get("out");
@@ -63,6 +63,8 @@ int cmd_quantize(const Argv& argv) {
     opt.bcos               = !args.flag("no-bcos");
     opt.bcos_bias          = !args.flag("no-bcos-bias");
     opt.bcos_gamma         = !args.flag("no-bcos-gamma");
+    opt.kbvq_shared_codebooks = !args.flag("no-shared-codebooks");
+    opt.kbvq_dim           = (int)args.get_int("expert-vq-dim", 0, -1000, 1000);
     opt.mobie_core         = args.get_or("core", "arb-rc");
     opt.mobie_rank         = (int)args.get_int("rank", 16, -1000, 1 << 20);
     opt.cejd               = !args.flag("no-cejd");

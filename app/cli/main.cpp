@@ -34,7 +34,7 @@ const Command k_commands[] = {
      "routing-diff REF MODEL [--text FILE] [--seqlen L] [--json]   routing shift between two models"},
     {"quantize", moebius::cli::cmd_quantize,
      "quantize [MODEL] --method rtn|gptq|agq|gptvq|kbvq|billm|arb-x|arb-rc|mobie [--bits B] [--group G] [--vq-dim D] [--sym]\n"
-     "           [--rank R] [--no-idre] [--no-bcos] [--no-bcos-bias]   (kbvq)\n"
+     "           [--rank R] [--no-idre] [--no-bcos] [--no-bcos-bias] [--no-shared-codebooks] [--expert-vq-dim D]   (kbvq)\n"
      "           [--core billm|arb|arb-x|arb-rc] [--rank R] [--no-cejd] [--no-refit] [--cejd-all] [--no-glas] [--glas-samples N]\n"
      "           [--no-nges] [--nges-weight W] [--no-fp-target] [--fp-target-experts] [--fp-ridge R]   (mobie)\n"
      "           [--fp-target]   (other calibrated methods: MoBiE's FP-stream targets, for comparison)\n"

@@ -39,7 +39,7 @@ const MethodInfo kMethods[] = {
     {"billm", "BiLLM — binary", "Salient columns + bell-shaped split binarization (~1.1 nominal bits). Bits are ignored."},
     {"arb-x", "ARB-X — binary", "Alternating refined binarization with calibration cross-terms. Bits are ignored."},
     {"arb-rc", "ARB-RC — binary", "Alternating refined binarization with row and column scales. Bits are ignored."},
-    {"kbvq", "KBVQ-MoE — vector quantization", "A low-rank basis shared by each layer's experts (IDRE), GPTVQ of the rest, and a channel affine correction of the experts' output (BCOS); 2–3 bits per weight."},
+    {"kbvq", "KBVQ-MoE — vector quantization", "A low-rank basis shared by each layer's experts (IDRE), vector quantization of the rest with one codebook shared by the layer's experts (4-D at 2 bits), and a channel affine correction of the experts' output (BCOS); 2–3 bits per weight."},
     {"mobie", "MoBiE — binary experts", "ARB-RC binarization; routed experts share a rank-16 8-bit basis per layer (CEJD) with loss-gradient saliency (GLAS) and router-aware error placement (NGES). Bits are ignored."},
 };
 } // namespace

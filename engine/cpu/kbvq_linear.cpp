@@ -76,7 +76,16 @@ void KbvqLinear::set_shared(std::shared_ptr<const KbvqShared> s) {
         for (float x : *v)
             if (!std::isfinite(x) || !f16_exact(x))
                 throw FormatError("kbvq linear: shared value " + std::to_string(x) + " is not a finite f16 value");
+    if (!s->codebooks.empty()) {
+        // Shared codebooks are the residual's own: the reader fills the residual from them, the quantizer fits the
+        // residual with them; anything else is an inconsistent group.
+        const VqWeights r = vq_.unpack();
+        if (s->codebooks != r.codebooks)
+            throw FormatError("kbvq linear: the group's shared codebooks (" + std::to_string(s->codebooks.size()) +
+                              " values) differ from the residual's (" + std::to_string(r.codebooks.size()) + ")");
+    }
     shared_  = std::move(s);
+    codebooks16_ = to_f16(shared_->codebooks);
     basis16_ = to_f16(shared_->basis);
     gamma16_ = to_f16(shared_->gamma);
     beta16_  = to_f16(shared_->beta);
@@ -112,19 +121,25 @@ void KbvqLinear::forward(const float* x, int n, float* y) const {
 
 size_t KbvqLinear::storage_bytes() const {
     size_t b = vq_.storage_bytes() + p_.coef.size() + 2 * p_.coef_scales.size();
-    if (p_.is_owner) b += 2 * (basis16_.size() + gamma16_.size() + beta16_.size());
+    if (shared_codebooks()) b -= 2 * codebooks16_.size(); // stored once, with the owner
+    if (p_.is_owner) b += 2 * (basis16_.size() + gamma16_.size() + beta16_.size() + codebooks16_.size());
     return b;
 }
 
 std::vector<PackedTensor> KbvqLinear::packed_tensors() const {
     auto bytes = [](const auto& v) { return std::span<const uint8_t>((const uint8_t*)v.data(), v.size() * sizeof(v[0])); };
     std::vector<PackedTensor> t = vq_.packed_tensors();
+    if (shared_codebooks())
+        t.erase(std::remove_if(t.begin(), t.end(), [](const PackedTensor& x) { return x.suffix == ".vq_codebooks"; }),
+                t.end());
     t.push_back({".kbvq_coef", DType::I8, {p_.rank, in_}, bytes(p_.coef)});
     t.push_back({".kbvq_coef_scales", DType::F16, {p_.rank}, bytes(p_.coef_scales)});
     if (p_.is_owner) {
         t.push_back({".kbvq_basis", DType::F16, {out_, p_.rank}, bytes(basis16_)});
         t.push_back({".kbvq_gamma", DType::F16, {out_}, bytes(gamma16_)});
         if (!beta16_.empty()) t.push_back({".kbvq_beta", DType::F16, {out_}, bytes(beta16_)});
+        if (shared_codebooks())
+            t.push_back({".kbvq_codebooks", DType::F16, {vq_.n_codebooks(), vq_.k(), vq_.dim()}, bytes(codebooks16_)});
     }
     return t;
 }
@@ -135,6 +150,7 @@ nlohmann::ordered_json KbvqLinear::packed_config() const {
     j["rank"]                = p_.rank;
     j["shared"]              = p_.owner;
     j["bias"]                = !shared_->beta.empty();
+    j["shared_codebooks"]    = shared_codebooks();
     return j;
 }
 

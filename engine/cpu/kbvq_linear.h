@@ -4,8 +4,9 @@
 // VQ the vector-quantized expert-specific residual (the "vq" format), basis (out, r) the layer's shared IDRE factor,
 // coef (r, in) this expert's 8-bit coefficients (symmetric, one f16 scale per coefficient row), γ and β the layer's
 // BCOS channel affine (shared by the layer's experts of one kind; β is scaled by the router weight like the output).
-// The shared arrays are held by every expert of the group but stored once, in the checkpoint tensors of the group's
-// owner module (expert 0), which is the only one that counts them in storage_bytes().
+// The shared arrays (and, optionally, the residuals' VQ codebooks) are held by every expert of the group but stored
+// once, in the checkpoint tensors of the group's owner module (expert 0), which is the only one that counts them in
+// storage_bytes().
 #include "engine/cpu/vq_linear.h"
 
 #include <memory>
@@ -20,6 +21,9 @@ struct KbvqShared {
     std::vector<float> basis; // (out, rank)
     std::vector<float> gamma; // (out)
     std::vector<float> beta;  // (out), or empty (no bias)
+    // VQ codebooks shared by the group's residuals, (n_codebooks, K, D) in the residuals' common layout; empty: each
+    // residual stores its own. Sharing is what makes D = 4 affordable on small experts: one codebook for all of them.
+    std::vector<float> codebooks;
 };
 
 struct KbvqPacked {
@@ -54,8 +58,10 @@ class KbvqLinear final : public Linear {
     int                                rank() const { return p_.rank; }
     // The stored arrays: 8-bit coefficients, their f16 scales, the owner module's name (the Vulkan upload reads them).
     const KbvqPacked&                  packed() const { return p_; }
-    // Replaces the shared arrays (BCOS sets γ and β after every expert of the group is quantized).
+    // Replaces the shared arrays (BCOS sets γ and β after every expert of the group is quantized). Shared codebooks
+    // must equal the residual's (FormatError otherwise).
     void set_shared(std::shared_ptr<const KbvqShared> s);
+    bool shared_codebooks() const { return shared_ && !shared_->codebooks.empty(); }
 
   private:
     void decode_row(int o, float* dst) const; // row o (in), exactly as dequantize()
@@ -65,7 +71,7 @@ class KbvqLinear final : public Linear {
     VqLinear                          vq_;
     std::vector<float>                coef_; // (rank, in) dequantized f32
     std::shared_ptr<const KbvqShared> shared_;
-    std::vector<uint16_t>             basis16_, gamma16_, beta16_; // owner's tensors as stored
+    std::vector<uint16_t>             basis16_, gamma16_, beta16_, codebooks16_; // owner's tensors as stored
 };
 
 } // namespace moebius

@@ -137,7 +137,7 @@ std::unique_ptr<Linear> load_packed_linear(const WeightStore& store, const std::
             bad(e.what());
         }
     }
-    auto read_vq = [&] {
+    auto read_vq = [&](bool with_codebooks) {
         VqPacked p;
         p.dim               = get_int("dim");
         p.bits              = get_int("bits");
@@ -152,13 +152,14 @@ std::unique_ptr<Linear> load_packed_linear(const WeightStore& store, const std::
         const int64_t ncb = (int64_t)((out + p.rows_per_codebook - 1) / p.rows_per_codebook) * (in / p.group_cols);
         p.codes     = copy_as<uint8_t>(side(store, module + ".vq_codes", DType::U8,
                                             {out, VqLinear::row_bytes(in, p.dim, p.bits)}));
-        p.codebooks = copy_as<uint16_t>(
-            side(store, module + ".vq_codebooks", DType::F16, {ncb, (int64_t)1 << (p.bits * p.dim), p.dim}));
+        if (with_codebooks)
+            p.codebooks = copy_as<uint16_t>(
+                side(store, module + ".vq_codebooks", DType::F16, {ncb, (int64_t)1 << (p.bits * p.dim), p.dim}));
         if (scaled) p.scales = copy_as<uint16_t>(side(store, module + ".vq_scales", DType::F16, {out}));
         return p;
     };
     if (format == "vq") {
-        VqPacked p = read_vq();
+        VqPacked p = read_vq(true);
         try {
             return std::make_unique<VqLinear>(in, out, std::move(p));
         } catch (const FormatError& e) {
@@ -168,7 +169,9 @@ std::unique_ptr<Linear> load_packed_linear(const WeightStore& store, const std::
     if (format == "kbvq") {
         // Routed-expert group member: own residual + coefficients; the group's basis, γ and β live with the owner.
         KbvqPacked p;
-        p.vq   = read_vq();
+        // Optional key: checkpoints written before codebooks could be shared lack it.
+        const bool shared_cb = q->contains("shared_codebooks") ? get_bool("shared_codebooks") : false;
+        p.vq   = read_vq(!shared_cb);
         p.rank = get_int("rank");
         const bool biased = get_bool("bias");
         if (!q->contains("shared") || !(*q)["shared"].is_string()) bad("missing string \"shared\"");
@@ -177,8 +180,14 @@ std::unique_ptr<Linear> load_packed_linear(const WeightStore& store, const std::
         if (p.rank < 0 || p.rank > std::min(out, in)) bad("rank must be in 0..min(out, in)");
         p.coef        = copy_as<int8_t>(side(store, module + ".kbvq_coef", DType::I8, {p.rank, in}));
         p.coef_scales = copy_as<uint16_t>(side(store, module + ".kbvq_coef_scales", DType::F16, {p.rank}));
+        const int64_t ncb = (int64_t)((out + p.vq.rows_per_codebook - 1) / p.vq.rows_per_codebook) *
+                            (in / p.vq.group_cols);
+        const std::vector<int64_t> cb_shape{ncb, (int64_t)1 << (p.vq.bits * p.vq.dim), p.vq.dim};
         const std::string key = p.owner + ".kbvq|" + std::to_string(out) + "|" + std::to_string(p.rank) + "|" +
-                                std::to_string(biased);
+                                std::to_string(biased) + "|" +
+                                (shared_cb ? std::to_string(cb_shape[0]) + "," + std::to_string(cb_shape[1]) + "," +
+                                                 std::to_string(cb_shape[2])
+                                           : "own");
         auto sh = std::static_pointer_cast<const KbvqShared>(group_part(key, [&]() -> std::shared_ptr<const void> {
             auto s    = std::make_shared<KbvqShared>();
             s->rank   = p.rank;
@@ -191,8 +200,11 @@ std::unique_ptr<Linear> load_packed_linear(const WeightStore& store, const std::
             s->basis = f16s(".kbvq_basis", {out, p.rank});
             s->gamma = f16s(".kbvq_gamma", {out});
             if (biased) s->beta = f16s(".kbvq_beta", {out});
+            if (shared_cb) s->codebooks = f16s(".kbvq_codebooks", cb_shape);
             return s;
         }));
+        if (shared_cb)
+            for (float v : sh->codebooks) p.vq.codebooks.push_back(f32_to_f16(v));
         try {
             return std::make_unique<KbvqLinear>(in, out, std::move(p), std::move(sh));
         } catch (const FormatError& e) {

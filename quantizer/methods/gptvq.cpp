@@ -30,42 +30,135 @@ inline double wdist(const double* p, const double* w, const double* c, int dim) 
     return s;
 }
 
+// Yinyang-style bounds for exact Lloyd iterations with many centroids (Ding et al., 2015): the centroids are cut into
+// groups of consecutive indices; per point an upper bound on the distance to its centroid and, per group, a lower
+// bound on the distance to the group's other centroids (square roots of the weighted distances). Point p's distance
+// is a norm with diagonal weights w_p, so when centroid t moves by δ_t (Euclidean) it moves by at most sw_p · δ_t,
+// sw_p = √max_d w_pd. Groups whose bound stays above the upper bound are not looked at; a relative margin covers
+// rounding, so the assignments (ties included) are exactly those of plain Lloyd.
+struct Bounds {
+    int                 group = 1, groups = 1; // centroids per group, number of groups
+    std::vector<double> ub, sw;                // (n)
+    std::vector<double> lb;                    // (n, groups)
+    std::vector<double> delta;                 // (k) how far each centroid moved in the last M-step
+    std::vector<double> gmove;                 // (groups) the largest move in each group
+    bool                valid = false;         // ub/lb hold the bounds of the previous assignment
+};
+
 // Assigns every point to its nearest centroid; returns the objective and whether any assignment changed. DIM > 0 is
 // the dimension known at compile time (the hot loop of GPTVQ's codebook fitting), 0 the generic case.
 template <int DIM>
 double assign_points(const double* x, const double* w, int n, int dim_rt, int k, const std::vector<double>& c,
-                     std::vector<int>& a, bool* changed) {
+                     std::vector<int>& a, bool* changed, Bounds& bo) {
     const int dim = DIM > 0 ? DIM : dim_rt;
-    double    obj = 0;
-    *changed      = false;
-    for (int p = 0; p < n; ++p) {
-        const double* xp = x + (size_t)p * dim;
-        const double* wp = w + (size_t)p * dim;
-        int           best = 0;
-        double        bd   = std::numeric_limits<double>::infinity();
-        for (int t = 0; t < k; ++t) {
-            const double* ct = c.data() + (size_t)t * dim;
-            double        dd = 0;
-            for (int d = 0; d < dim; ++d) dd += wp[d] * (xp[d] - ct[d]) * (xp[d] - ct[d]);
-            if (dd < bd) bd = dd, best = t; // strict: ties go to the lowest index (deterministic)
+    const int ng = bo.groups, gs = bo.group;
+    // Centroids transposed (dim, k): a point's distances are then built coordinate by coordinate over contiguous
+    // memory, which vectorises across centroids (the same arithmetic per pair as a centroid-outer loop).
+    std::vector<double> ct((size_t)dim * k);
+    for (int t = 0; t < k; ++t)
+        for (int d = 0; d < dim; ++d) ct[(size_t)d * k + t] = c[(size_t)t * dim + d];
+    auto exact = [&](const double* xp, const double* wp, int t) {
+        double s = 0;
+        for (int d = 0; d < dim; ++d) {
+            const double diff = xp[d] - ct[(size_t)d * k + t];
+            s += wp[d] * diff * diff;
         }
-        if (a[p] != best) *changed = true, a[p] = best;
-        obj += bd;
+        return s;
+    };
+    constexpr double margin = 1 - 1e-9;
+    // Points are independent: threads take disjoint ranges (large problems only, e.g. KBVQ's codebooks shared by
+    // a layer's experts); the objective is summed afterwards in point order, so the result does not depend on them.
+    std::vector<double> best_d(n);
+    bool                any = false;
+#pragma omp parallel reduction(|| : any) if (!omp_in_parallel() && (int64_t)n * k >= (1 << 20))
+    {
+        std::vector<double> dist(k);
+        std::vector<char>   open(ng);
+#pragma omp for schedule(static)
+        for (int p = 0; p < n; ++p) {
+            const double* xp = x + (size_t)p * dim;
+            const double* wp = w + (size_t)p * dim;
+            double*       lb = bo.lb.data() + (size_t)p * ng;
+            const int     ap = a[p];
+            if (bo.valid) {
+                double lmin = std::numeric_limits<double>::infinity();
+                for (int g = 0; g < ng; ++g) lmin = std::min(lmin, lb[g] -= bo.sw[p] * bo.gmove[g]);
+                double ub = bo.ub[p] + bo.sw[p] * bo.delta[ap];
+                if (ub < lmin * margin) {
+                    bo.ub[p]  = ub;
+                    best_d[p] = exact(xp, wp, ap);
+                    continue;
+                }
+                best_d[p] = exact(xp, wp, ap);
+                bo.ub[p] = ub = std::sqrt(best_d[p]);
+                if (ub < lmin * margin) continue;
+                for (int g = 0; g < ng; ++g) open[g] = !(ub < lb[g] * margin);
+            } else {
+                std::fill(open.begin(), open.end(), 1);
+            }
+            // Distances to the centroids of the open groups; the others are all farther than the current centroid.
+            for (int g = 0; g < ng; ++g) {
+                if (!open[g]) continue;
+                const int t0 = g * gs, t1 = std::min(k, t0 + gs);
+                std::fill(dist.begin() + t0, dist.begin() + t1, 0.0);
+                for (int d = 0; d < dim; ++d) {
+                    const double  xd = xp[d], wd = wp[d];
+                    const double* cd = ct.data() + (size_t)d * k;
+                    double*       ds = dist.data();
+                    for (int t = t0; t < t1; ++t) {
+                        const double diff = xd - cd[t];
+                        ds[t] += wd * diff * diff;
+                    }
+                }
+            }
+            // The nearest in index order (strict: ties go to the lowest index), the kept centroid included.
+            int    best = -1;
+            double bd   = std::numeric_limits<double>::infinity();
+            for (int g = 0; g < ng; ++g) {
+                const int t0 = g * gs, t1 = std::min(k, t0 + gs);
+                if (open[g]) {
+                    for (int t = t0; t < t1; ++t)
+                        if (dist[t] < bd) bd = dist[t], best = t;
+                } else if (ap >= t0 && ap < t1 && best_d[p] < bd) {
+                    bd = best_d[p], best = ap;
+                }
+            }
+            // New bounds: an open group's nearest other centroid; a closed group keeps its bound, lowered to the old
+            // centroid's distance when that one is now just another member.
+            for (int g = 0; g < ng; ++g) {
+                const int t0 = g * gs, t1 = std::min(k, t0 + gs);
+                if (open[g]) {
+                    double m = std::numeric_limits<double>::infinity();
+                    for (int t = t0; t < t1; ++t)
+                        if (t != best) m = std::min(m, dist[t]);
+                    lb[g] = std::sqrt(m);
+                } else if (ap >= t0 && ap < t1 && ap != best) {
+                    lb[g] = std::min(lb[g], std::sqrt(best_d[p]));
+                }
+            }
+            if (ap != best) any = true, a[p] = best;
+            best_d[p] = bd;
+            bo.ub[p]  = std::sqrt(bd);
+        }
     }
+    bo.valid   = true;
+    *changed   = any;
+    double obj = 0;
+    for (int p = 0; p < n; ++p) obj += best_d[p];
     return obj;
 }
 
 double assign_points(const double* x, const double* w, int n, int dim, int k, const std::vector<double>& c,
-                     std::vector<int>& a, bool* changed) {
+                     std::vector<int>& a, bool* changed, Bounds& bo) {
     switch (dim) {
     case 1:
-        return assign_points<1>(x, w, n, dim, k, c, a, changed);
+        return assign_points<1>(x, w, n, dim, k, c, a, changed, bo);
     case 2:
-        return assign_points<2>(x, w, n, dim, k, c, a, changed);
+        return assign_points<2>(x, w, n, dim, k, c, a, changed, bo);
     case 4:
-        return assign_points<4>(x, w, n, dim, k, c, a, changed);
+        return assign_points<4>(x, w, n, dim, k, c, a, changed, bo);
     default:
-        return assign_points<0>(x, w, n, dim, k, c, a, changed);
+        return assign_points<0>(x, w, n, dim, k, c, a, changed, bo);
     }
 }
 
@@ -136,10 +229,21 @@ KmeansResult weighted_kmeans(const double* x, const double* w, int n, int dim, i
         init_mahalanobis(x, n, dim, k, r.centroids);
     else
         init_kmeanspp(x, w, n, dim, k, o.seed, r.centroids);
-    bool changed = false;
-    r.objective.push_back(assign_points(x, w, n, dim, k, r.centroids, r.assign, &changed));
-    std::vector<double> num((size_t)k * dim), den((size_t)k * dim);
+    bool   changed = false;
+    Bounds bo;
+    bo.groups = std::clamp(k / 16, 1, 64);
+    bo.group  = (k + bo.groups - 1) / bo.groups;
+    bo.groups = (k + bo.group - 1) / bo.group;
+    bo.ub.resize(n), bo.lb.resize((size_t)n * bo.groups), bo.sw.resize(n), bo.delta.resize(k), bo.gmove.resize(bo.groups);
+    for (int p = 0; p < n; ++p) {
+        double m = 0;
+        for (int d = 0; d < dim; ++d) m = std::max(m, w[(size_t)p * dim + d]);
+        bo.sw[p] = std::sqrt(m);
+    }
+    r.objective.push_back(assign_points(x, w, n, dim, k, r.centroids, r.assign, &changed, bo));
+    std::vector<double> num((size_t)k * dim), den((size_t)k * dim), old;
     for (int it = 0; it < o.iters; ++it) {
+        old = r.centroids;
         std::fill(num.begin(), num.end(), 0.0);
         std::fill(den.begin(), den.end(), 0.0);
         for (int p = 0; p < n; ++p)
@@ -150,7 +254,16 @@ KmeansResult weighted_kmeans(const double* x, const double* w, int n, int dim, i
             }
         for (size_t ci = 0; ci < num.size(); ++ci)
             if (den[ci] > 0) r.centroids[ci] = num[ci] / den[ci];
-        r.objective.push_back(assign_points(x, w, n, dim, k, r.centroids, r.assign, &changed));
+        std::fill(bo.gmove.begin(), bo.gmove.end(), 0.0);
+        for (int t = 0; t < k; ++t) {
+            double m = 0;
+            for (int d = 0; d < dim; ++d) m += (r.centroids[(size_t)t * dim + d] - old[(size_t)t * dim + d]) *
+                                               (r.centroids[(size_t)t * dim + d] - old[(size_t)t * dim + d]);
+            // Rounded up a little: the bound must not be smaller than the true move.
+            bo.delta[t]              = std::sqrt(m) * (1 + 1e-12);
+            bo.gmove[t / bo.group] = std::max(bo.gmove[t / bo.group], bo.delta[t]);
+        }
+        r.objective.push_back(assign_points(x, w, n, dim, k, r.centroids, r.assign, &changed, bo));
         if (!changed) break;
     }
     return r;
@@ -257,6 +370,13 @@ VqWeights gptvq_quantize(const float* W, int out, int in, const std::vector<doub
     q.rows_per_codebook = std::max(1, o.group_size / G);
     const int K = q.k(), R = q.rows_per_codebook, ncg = q.n_col_groups(), nrb = q.n_row_blocks();
     q.codebooks.assign((size_t)q.n_codebooks() * K * D, 0.0f);
+    const bool fixed = !o.codebooks.empty();
+    if (fixed) {
+        if (o.codebooks.size() != q.codebooks.size())
+            throw InputError("gptvq: " + std::to_string(o.codebooks.size()) + " given codebook values, the layout needs " +
+                             std::to_string(q.codebooks.size()));
+        q.codebooks = o.codebooks;
+    }
     q.codes.assign((size_t)out * (n / D), 0);
 
     // The dead-zeroed target; row scales (f16 max |w|, 1 for a zero row) divide it for the sweep.
@@ -300,7 +420,7 @@ VqWeights gptvq_quantize(const float* W, int out, int in, const std::vector<doub
             for (int i1 = 0; i1 < n; i1 += B) {
                 const int i2 = std::min(i1 + B, n), nb = i2 - i1;
                 for (int i = i1; i < i2; i += D) {
-                    if (i % G == 0) {
+                    if (i % G == 0 && !fixed) {
                         // As in gptq.cpp: columns past the block still lack this block's pending lazy update.
                         grp = w.middleCols(i, G);
                         if (o.error_feedback && i + G > i2 && i > i1)

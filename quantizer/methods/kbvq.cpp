@@ -5,6 +5,7 @@
 #include "engine/cpu/linear.h"
 #include "engine/cpu/ops.h"
 #include "quantizer/linalg.h"
+#include "quantizer/methods/hessian.h"
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -20,6 +21,9 @@ using RowMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowM
 
 float f16r(double v) { return f16_to_f32(f32_to_f16((float)v)); }
 
+// GPTVQ zeroes dead columns' weights (weight 0 there anyway): the same value here.
+double dead_or(float w, double weight) { return weight > 0 ? (double)w : 0.0; }
+
 // Σ_rows e_rᵀ H e_r for E (out, in) row-major, H (in, in).
 double hessian_norm(const std::vector<double>& E, int out, int in, const std::vector<double>& H) {
     Eigen::Map<const RowMat> e(E.data(), out, in), h(H.data(), in, in);
@@ -27,6 +31,51 @@ double hessian_norm(const std::vector<double>& E, int out, int in, const std::ve
 }
 
 } // namespace
+
+int kbvq_expert_dim(const QuantizeOptions& opt, int experts, int out, int in) {
+    if (!opt.kbvq_shared_codebooks) return opt.vq_dim;
+    if (opt.kbvq_dim > 0) return opt.kbvq_dim;
+    // The widest D whose codebook (K = 2^(bits·D) ≤ 256 centroids, f16) costs at most 1/16 bit per weight of the
+    // group: at 2 bits on the bundled model's 16 experts D = 4 (0.031 bit); at 3 bits K = 4096 would cost 0.5 bit.
+    const double weights = (double)experts * out * in;
+    for (int D : {4, 2, 1})
+        if (in % D == 0 && opt.bits * D <= 8 && (double)(1 << (opt.bits * D)) * D * 16 / weights <= 1.0 / 16) return D;
+    return 1;
+}
+
+std::vector<float> shared_codebooks(const std::vector<std::vector<float>>& R, int out, int in,
+                                    const std::vector<const std::vector<double>*>& H, const GptvqOptions& vo,
+                                    double damp) {
+    const int E = (int)R.size(), D = vo.dim, K = 1 << (vo.bits * D);
+    // Each coordinate weighted as GPTVQ does within one matrix, 1/U_jj² (U: upper Cholesky factor of the expert's
+    // (H + λI)⁻¹): H is a sum over the expert's tokens, so experts also weigh by how many tokens they serve — the
+    // layer output's error counts every token once.
+    std::vector<std::vector<double>> hw(E);
+    for (int e = 0; e < E; ++e) {
+        const std::vector<char> dead = dead_columns(*H[e], in);
+        const PreparedHessian   ph   = prepare_hessian(*H[e], in, dead, damp, nullptr, 1, "kbvq");
+        hw[e].resize(in);
+        for (int j = 0; j < in; ++j) hw[e][j] = dead[j] ? 0.0 : 1.0 / (ph.U(j, j) * ph.U(j, j));
+    }
+    // Fitted on the residuals before any error feedback (every expert's sweep then uses it); at most 512 points per
+    // centroid, evenly strided, so real experts (60 × 1408 × 2048) stay affordable.
+    const int64_t per_row = in / D, total = (int64_t)E * out * per_row, cap = (int64_t)512 * K;
+    const int64_t n       = std::min(total, cap);
+    std::vector<double> pts((size_t)n * D), pw((size_t)n * D);
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t p = n == total ? i : i * total / n;
+        const int     e = (int)(p / ((int64_t)out * per_row)), o = (int)(p / per_row % out);
+        const int     j = (int)(p % per_row) * D;
+        for (int d = 0; d < D; ++d) {
+            pts[(size_t)i * D + d] = dead_or(R[e][(size_t)o * in + j + d], hw[e][j + d]);
+            pw[(size_t)i * D + d]  = hw[e][j + d];
+        }
+    }
+    const KmeansResult km = weighted_kmeans(pts.data(), pw.data(), (int)n, D, K, vo.kmeans);
+    std::vector<float> cb((size_t)K * D);
+    for (size_t t = 0; t < cb.size(); ++t) cb[t] = f16r(km.centroids[t]);
+    return cb;
+}
 
 IdreResult idre_decompose(const std::vector<std::vector<float>>& W, int out, int in,
                           const std::vector<const std::vector<double>*>& H, int rank, bool activation_weighted,
@@ -193,14 +242,17 @@ void KbvqLayer::quantize(LinearKind kind, const std::vector<const std::vector<do
     vo.damp       = opt_.damp;
     vo.group_size = opt_.vq_group_size > 0 ? opt_.vq_group_size : 128 * opt_.vq_dim * (1 << (opt_.bits * opt_.vq_dim));
     const std::string owner = spec.linear_name(layer_, kind, 0);
+    std::vector<KbvqPacked>         packs(E);
+    std::vector<std::vector<float>> Res(E);
     for (int e = 0; e < E; ++e) {
-        KbvqPacked p;
+        KbvqPacked& p = packs[e];
         p.rank     = idre.rank;
         p.owner    = owner;
         p.is_owner = e == 0;
         KbvqLinear::quantize_coef(idre.coef[e], idre.rank, in, p.coef, p.coef_scales);
         // Residual target: W − B · Q(C), so the VQ (and its error feedback) absorbs the coefficients' rounding.
-        std::vector<float> R = W[e];
+        std::vector<float>& R = Res[e];
+        R = W[e];
         for (int k = 0; k < idre.rank; ++k) {
             const float s = f16_to_f32(p.coef_scales[k]);
             for (int o = 0; o < out; ++o) {
@@ -208,6 +260,17 @@ void KbvqLayer::quantize(LinearKind kind, const std::vector<const std::vector<do
                 for (int j = 0; j < in; ++j) R[(size_t)o * in + j] -= b * (s * (float)p.coef[(size_t)k * in + j]);
             }
         }
+    }
+    if (opt_.kbvq_shared_codebooks) {
+        vo.dim        = kbvq_expert_dim(opt_, E, out, in);
+        vo.group_cols = in; // one codebook for the whole group: R = out rows × G = in columns of every expert
+        vo.group_size = out * in;
+        vo.codebooks  = shared_codebooks(Res, out, in, H, vo, opt_.damp);
+        shared->codebooks = vo.codebooks;
+    }
+    for (int e = 0; e < E; ++e) {
+        KbvqPacked          p = std::move(packs[e]);
+        std::vector<float>& R = Res[e];
         GptvqReport vr;
         const VqWeights vq  = gptvq_quantize(R.data(), out, in, *H[e], vo, &vr);
         auto            lin = std::make_unique<KbvqLinear>(vq, std::move(p), shared);

@@ -34,6 +34,16 @@ IdreResult idre_decompose(const std::vector<std::vector<float>>& W, int out, int
                           const std::vector<const std::vector<double>*>& H, int rank, bool activation_weighted = true,
                           double clamp = 1e-2);
 
+// The experts' vector dimension: QuantizeOptions::kbvq_dim when set; with shared codebooks by default the widest D
+// whose single codebook costs ≤ 1/16 bit per weight of the group with K ≤ 256; without, vq_dim.
+int kbvq_expert_dim(const QuantizeOptions& opt, int experts, int out, int in);
+
+// One VQ codebook (K, D) for a group of experts' residuals R: [experts] (out, in), fitted by weighted k-means on
+// their D-vectors (at most 512·K of them, strided) with GPTVQ's per-column weights from each expert's H; f16-exact.
+std::vector<float> shared_codebooks(const std::vector<std::vector<float>>& R, int out, int in,
+                                    const std::vector<const std::vector<double>*>& H, const GptvqOptions& vo,
+                                    double damp);
+
 // Least-squares channel affine y ≈ γ ŷ + β s from sufficient statistics, kept separately for two folds of the
 // calibration samples so the bias reduction can be measured on samples the fit did not see (2-fold cross-fitting).
 class BcosFit {

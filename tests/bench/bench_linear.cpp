@@ -167,8 +167,22 @@ int main(int argc, char** argv) {
         kp.rank = 4, kp.is_owner = true, kp.owner = "bench";
         for (int i = 0; i < 4 * in; ++i) kp.coef.push_back((int8_t)(rng() % 255 - 127));
         for (int k = 0; k < 4; ++k) kp.coef_scales.push_back(moebius::f32_to_f16(0.001f));
+        moebius::KbvqPacked kp1 = kp; // rank 1, for the shared-codebook layout below
+        kp1.rank = 1, kp1.is_owner = false;
+        kp1.coef.resize(in), kp1.coef_scales.resize(1);
         fmts.push_back({"kbvq D2 2-bit r4", std::make_unique<moebius::KbvqLinear>(random_vq(out, in, 2, 2, 4096, false, 9),
                                                                                    std::move(kp), sh)});
+        // What `--method kbvq --bits 2` writes: D = 4, one codebook shared by the layer's experts (a group member:
+        // the codebook is counted with the owner), rank 1.
+        auto sh1  = std::make_shared<moebius::KbvqShared>();
+        sh1->rank = 1;
+        for (int i = 0; i < out; ++i) sh1->basis.push_back(f16r(0.1f * nd(rng)));
+        for (int i = 0; i < out; ++i) sh1->gamma.push_back(f16r(1.0f + nd(rng))), sh1->beta.push_back(f16r(nd(rng)));
+        moebius::VqWeights r4 = random_vq(out, in, 4, 2, out * in, false, 10);
+        r4.group_cols = in, r4.rows_per_codebook = out;
+        r4.codebooks.resize((size_t)r4.k() * 4);
+        sh1->codebooks = r4.codebooks;
+        fmts.push_back({"kbvq D4 2-bit r1 sh", std::make_unique<moebius::KbvqLinear>(r4, std::move(kp1), sh1)});
     }
 
     std::printf("W (%d, %d), %d OpenMP thread(s), salient fraction %.3f, %d rounds of >= %.0f ms\n", out, in,

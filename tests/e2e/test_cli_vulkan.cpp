@@ -27,7 +27,9 @@ std::pair<json, json> on_both(const std::string& cmd, const std::string& what) {
     EXPECT_EQ(cpu.code, 0) << cpu.err;
     EXPECT_EQ(gpu.code, 0) << gpu.err;
 #if MOEBIUS_HAS_VULKAN
-    if (!no_vulkan_expected()) EXPECT_NE(gpu.err.find(what + " on Vulkan device"), std::string::npos) << gpu.err;
+    if (!no_vulkan_expected()) {
+        EXPECT_NE(gpu.err.find(what + " on Vulkan device"), std::string::npos) << gpu.err;
+    }
 #else
     EXPECT_NE(gpu.err.find("runs on the CPU"), std::string::npos) << gpu.err;
 #endif
@@ -99,7 +101,9 @@ TEST(CliVulkan, BenchReportsSpeedAndDispatches) {
     for (const auto& k : j["kernels"]) {
         share += k["time_share"].get<double>();
         if (k["name"] == "moe_gate_up") calls_gu = k["calls_per_token"].get<double>();
-        if (k["name"] != "copy") EXPECT_GT(k["bytes_per_token"].get<double>(), 0) << k.dump();
+        if (k["name"] != "copy") {
+            EXPECT_GT(k["bytes_per_token"].get<double>(), 0) << k.dump();
+        }
     }
     EXPECT_NEAR(share, 1.0, 1e-6);
     EXPECT_EQ(calls_gu, 4.0);

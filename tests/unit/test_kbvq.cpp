@@ -19,6 +19,7 @@
 #include <Eigen/Dense>
 #include <cmath>
 #include <gtest/gtest.h>
+#include <omp.h>
 #include <random>
 
 using namespace moebius;
@@ -93,7 +94,7 @@ double idre_objective(const quant::IdreResult& r, const std::vector<std::vector<
 
 // Layer 1 of the bundled model with its routed experts' down projections replaced by KBVQ (rank 2, random Hessians
 // per expert, a BCOS-like γ and β), written to dir/"kbvq".
-std::unique_ptr<Model> kbvq_model_written_to(const fs::path& dir, bool bias) {
+std::unique_ptr<Model> kbvq_model_written_to(const fs::path& dir, bool bias, bool shared_codebooks = false) {
     auto        m = Model::load(test::bundled_model());
     auto&       L = m->layer(1);
     const int   E = (int)L.experts.size();
@@ -106,10 +107,16 @@ std::unique_ptr<Model> kbvq_model_written_to(const fs::path& dir, bool bias) {
     auto       sh    = random_shared(out, 2, bias, 4);
     sh->basis        = idre.basis;
     const std::string owner = m->spec().linear_name(1, LinearKind::ExpertDown, 0);
+    quant::GptvqOptions vo;
+    vo.kmeans.iters = 5;
+    vo.group_size   = 2048;
+    if (shared_codebooks) {
+        // One D = 4 codebook for the group (fitted on the weights themselves; a test needs no residual).
+        vo.dim = 4, vo.group_cols = in, vo.group_size = out * in;
+        vo.codebooks  = quant::shared_codebooks(W, out, in, Hp, vo, 0.01);
+        sh->codebooks = vo.codebooks;
+    }
     for (int e = 0; e < E; ++e) {
-        quant::GptvqOptions vo;
-        vo.kmeans.iters = 5;
-        vo.group_size   = 2048;
         KbvqPacked p;
         p.rank = 2, p.owner = owner, p.is_owner = e == 0;
         KbvqLinear::quantize_coef(idre.coef[e], 2, in, p.coef, p.coef_scales);
@@ -170,6 +177,21 @@ TEST(KbvqLinear, DecodeFormulaByHandAndForwardParity) {
     KbvqLinear a(vq, owner, sh), b(vq, member, sh);
     EXPECT_EQ(a.storage_bytes() - b.storage_bytes(), 2u * (out * rank + 2 * out));
     EXPECT_EQ(b.storage_bytes(), VqLinear(vq).storage_bytes() + rank * in + 2 * rank);
+    // Shared codebooks: the owner stores them once, the members not at all; they must be the residual's own.
+    auto shc       = std::make_shared<KbvqShared>(*sh);
+    shc->codebooks = vq.codebooks;
+    const size_t cb_bytes = 2 * vq.codebooks.size();
+    KbvqLinear   ao(vq, owner, shc), bo(vq, member, shc);
+    EXPECT_TRUE(ao.shared_codebooks());
+    EXPECT_EQ(ao.storage_bytes(), a.storage_bytes());
+    EXPECT_EQ(bo.storage_bytes(), b.storage_bytes() - cb_bytes);
+    EXPECT_EQ(bo.dequantize(), b.dequantize());
+    for (const auto& t : bo.packed_tensors()) EXPECT_NE(t.suffix, ".vq_codebooks");
+    size_t stored = 0;
+    for (const auto& t : ao.packed_tensors()) stored += t.suffix == ".kbvq_codebooks" ? t.bytes.size() : 0;
+    EXPECT_EQ(stored, cb_bytes);
+    shc->codebooks[3] = f16r(shc->codebooks[3] + 0.25f);
+    EXPECT_THROW(KbvqLinear(vq, pc, shc), FormatError);
     // Inconsistent shared arrays are refused.
     auto bad = std::make_shared<KbvqShared>(*sh);
     bad->gamma.pop_back();
@@ -210,6 +232,41 @@ TEST(KbvqLinear, CheckpointRoundTripKeepsLogitsAndExport) {
         else
             EXPECT_EQ(ld, lq);
     }
+}
+
+TEST(KbvqLinear, SharedCodebooksAreStoredOnceAndRoundTrip) {
+    auto       dir = test::scratch_dir("kbvq-shared-cb");
+    auto       m   = kbvq_model_written_to(dir, false, true);
+    auto       q   = Model::load(dir / "kbvq");
+    const auto e0 = q->spec().linear_name(1, LinearKind::ExpertDown, 0), e5 = q->spec().linear_name(1, LinearKind::ExpertDown, 5);
+    const auto* k5 = dynamic_cast<const KbvqLinear*>(q->layer(1).experts[5][2].get());
+    ASSERT_NE(k5, nullptr);
+    EXPECT_TRUE(k5->shared_codebooks());
+    EXPECT_EQ(k5->residual().dim(), 4);
+    EXPECT_EQ(k5->residual().n_codebooks(), 1);
+    EXPECT_EQ(k5->shared()->codebooks, m->layer(1).experts[0][2].get() ? dynamic_cast<const KbvqLinear&>(*m->layer(1).experts[0][2]).shared()->codebooks : std::vector<float>{});
+    for (int e : {0, 5})
+        EXPECT_EQ(q->layer(1).experts[e][2]->dequantize(), m->layer(1).experts[e][2]->dequantize()) << e;
+    EXPECT_EQ(logits_of(*q, k_ids), logits_of(*m, k_ids));
+    auto st = SafetensorsFile::open(dir / "kbvq" / "model.safetensors");
+    EXPECT_NE(st->find(e0 + ".kbvq_codebooks"), nullptr);
+    EXPECT_EQ(st->find(e5 + ".kbvq_codebooks"), nullptr);
+    EXPECT_EQ(st->find(e0 + ".vq_codebooks"), nullptr);
+    EXPECT_EQ(st->find(e5 + ".vq_codebooks"), nullptr);
+    EXPECT_EQ(q->spec().quantization["modules"][e5]["shared_codebooks"], true);
+    // The dequantized export equals the packed checkpoint (no β here).
+    quant::WriteOptions de;
+    de.dequantized = true;
+    de.dtype       = DType::F32;
+    quant::write_checkpoint(*q, dir / "kbvq", dir / "deq", de);
+    EXPECT_EQ(logits_of(*Model::load(dir / "deq"), k_ids), logits_of(*q, k_ids));
+    // A member claiming its own codebooks has none stored: the reader names the missing tensor.
+    fs::copy(dir / "kbvq", dir / "own", fs::copy_options::recursive);
+    edit_config(dir / "own", [&](auto& cfg) { cfg["quantization_config"]["modules"][e5]["shared_codebooks"] = false; });
+    EXPECT_THROW(Model::load(dir / "own"), NotFoundError);
+    fs::copy(dir / "kbvq", dir / "badval", fs::copy_options::recursive);
+    edit_config(dir / "badval", [&](auto& cfg) { cfg["quantization_config"]["modules"][e5]["shared_codebooks"] = 1; });
+    expect_load_error(dir / "badval", {(dir / "badval" / "config.json").string(), e5, "shared_codebooks"});
 }
 
 TEST(KbvqLinear, LoaderRejectsInconsistentCheckpoints) {
@@ -291,6 +348,57 @@ TEST(Kbvq, IdreRecoversAPlantedSharedSubspace) {
     EXPECT_LT(resid.norm() / Sm.norm(), 0.02f);
 }
 
+TEST(Kbvq, ExpertVectorDimensionFollowsTheSharedCodebooksCost) {
+    quant::QuantizeOptions o;
+    o.method = "kbvq", o.bits = 2, o.vq_dim = 2;
+    EXPECT_EQ(quant::kbvq_expert_dim(o, 16, 128, 256), 4); // 256 · 4 · 16 bits / 524,288 weights = 1/32 bit
+    EXPECT_EQ(quant::kbvq_expert_dim(o, 2, 128, 256), 2);  // 1/4 bit for D = 4: too much for two experts
+    o.bits = 3;
+    EXPECT_EQ(quant::kbvq_expert_dim(o, 16, 128, 256), 2); // K = 4096 at D = 4 would cost 1/2 bit
+    EXPECT_EQ(quant::kbvq_expert_dim(o, 16, 128, 254), 2); // D must divide the row
+    o.kbvq_dim = 1;
+    EXPECT_EQ(quant::kbvq_expert_dim(o, 16, 128, 256), 1);
+    o.kbvq_shared_codebooks = false;
+    EXPECT_EQ(quant::kbvq_expert_dim(o, 16, 128, 256), 2); // own codebooks: --vq-dim
+}
+
+TEST(Kbvq, SharedCodebookWeighsExpertsByTheirHessiansAndIsThreadIndependent) {
+    // Two experts whose residuals sit in different places: the codebook follows the one with the larger Hessian.
+    const int out = 8, in = 16;
+    std::vector<std::vector<float>>  R{std::vector<float>(out * in, 1.0f), std::vector<float>(out * in, -1.0f)};
+    auto                             Hbig = correlated_h(in, 100, 1), Hsmall = Hbig;
+    for (auto& v : Hsmall) v *= 1e-4;
+    std::vector<const std::vector<double>*> H{&Hbig, &Hsmall};
+    quant::GptvqOptions vo;
+    vo.dim = 2, vo.bits = 1; // 4 centroids of dimension 2
+    auto cb = quant::shared_codebooks(R, out, in, H, vo, 0.01);
+    ASSERT_EQ(cb.size(), 8u);
+    for (float c : cb) EXPECT_EQ(c, f16r(c));
+    // Both clusters are exact points, so some centroid sits on each.
+    auto has = [&](float v) {
+        for (int t = 0; t < 4; ++t)
+            if (cb[2 * t] == v && cb[2 * t + 1] == v) return true;
+        return false;
+    };
+    EXPECT_TRUE(has(1.0f));
+    EXPECT_TRUE(has(-1.0f));
+    // Many points (the parallel assignment runs): the same codebook at 1 and 2 threads.
+    std::vector<std::vector<float>> Rs;
+    std::vector<std::vector<double>> Hs;
+    for (int e = 0; e < 8; ++e) Rs.push_back(random_w(128, 256, 30 + e)), Hs.push_back(correlated_h(256, 300, 40 + e));
+    std::vector<const std::vector<double>*> Hp;
+    for (auto& h : Hs) Hp.push_back(&h);
+    quant::GptvqOptions v4;
+    v4.dim = 4, v4.bits = 2, v4.kmeans.iters = 4;
+    omp_set_num_threads(1);
+    auto c1 = quant::shared_codebooks(Rs, 128, 256, Hp, v4, 0.01);
+    omp_set_num_threads(2);
+    auto c2 = quant::shared_codebooks(Rs, 128, 256, Hp, v4, 0.01);
+    omp_set_num_threads(1);
+    EXPECT_EQ(c1, c2);
+    EXPECT_EQ(c1.size(), 256u * 4);
+}
+
 // ---- BCOS -----------------------------------------------------------------------------------------------------------
 
 TEST(Kbvq, BcosRecoversAPlantedAffineAndReportsHeldOutBias) {
@@ -345,6 +453,11 @@ TEST(Kbvq, PipelineBcosLowersHeldOutBiasAndIsDeterministic) {
     EXPECT_EQ(d->rank(), 2);
     EXPECT_FALSE(d->shared()->beta.empty());
     EXPECT_EQ(a->layer(2).shared_down->format(), "vq"); // outside the routed experts: GPTVQ
+    // By default one D = 4 codebook per layer and kind (2 bits: 256 centroids for 16 × 32,768 weights), shared.
+    EXPECT_TRUE(d->shared_codebooks());
+    EXPECT_EQ(d->residual().dim(), 4);
+    EXPECT_EQ(d->residual().unpack().codebooks, dynamic_cast<const KbvqLinear&>(*a->layer(2).experts[11][2]).residual().unpack().codebooks);
+    EXPECT_EQ(dynamic_cast<const VqLinear&>(*a->layer(2).shared_down).dim(), 2);
     // Same seed and calibration: the same weights.
     auto b = Model::load(test::bundled_model());
     quant::quantize_model(*b, calib, opt);

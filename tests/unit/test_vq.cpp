@@ -19,6 +19,7 @@
 #include <fstream>
 #include <functional>
 #include <gtest/gtest.h>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <omp.h>
 #include <random>
@@ -368,6 +369,69 @@ TEST(Gptvq, KmeansDeterministicAndMonotone) {
     EXPECT_NE(c1.centroids, c2.centroids); // the seed matters
     o.init = "random";
     EXPECT_THROW(quant::weighted_kmeans(x.data(), w.data(), n, dim, k, o), InputError);
+}
+
+TEST(Gptvq, KmeansBoundsGiveExactlyPlainLloyd) {
+    // The distance bounds skip work, not decisions: a plain Lloyd written here (centroid-outer distances, strict
+    // lowest-index ties, weighted means) must give the same assignments, centroids and objectives — with many
+    // centroids (groups of them skipped), ties (duplicated points, repeated values), zero weights and 1 or 2 threads.
+    for (int dim : {1, 2, 4})
+        for (int k : {3, 64, 256}) {
+            const int n = 3000;
+            auto      pf = random_w(n, dim, 7 + dim), wf = random_w(n, dim, 9 + k);
+            std::vector<double> x(pf.begin(), pf.end()), w(wf.size());
+            for (size_t i = 0; i < w.size(); ++i) w[i] = i % 97 == 0 ? 0.0 : std::exp(3 * wf[i]);
+            for (int p = 0; p < 300; ++p)
+                for (int d = 0; d < dim; ++d) x[(size_t)(n - 1 - p) * dim + d] = x[(size_t)p * dim + d]; // duplicates
+            for (int p = 0; p < 200; ++p) x[(size_t)(1000 + p) * dim] = 0.25;                              // ties
+            quant::KmeansOptions o;
+            o.init = "kmeans++", o.seed = 5, o.iters = 60;
+            omp_set_num_threads(2);
+            auto r = quant::weighted_kmeans(x.data(), w.data(), n, dim, k, o);
+            omp_set_num_threads(1);
+            auto r1 = quant::weighted_kmeans(x.data(), w.data(), n, dim, k, o);
+            EXPECT_EQ(r.assign, r1.assign);
+            // Plain Lloyd from the same initial centroids: k-means++ is the first step of both.
+            o.iters     = 0;
+            auto             init = quant::weighted_kmeans(x.data(), w.data(), n, dim, k, o);
+            std::vector<double> c = init.centroids, obj;
+            std::vector<int>    a(n, -1);
+            for (int it = 0; it <= 60; ++it) {
+                if (it > 0) {
+                    std::vector<double> num((size_t)k * dim, 0.0), den((size_t)k * dim, 0.0);
+                    for (int p = 0; p < n; ++p)
+                        for (int d = 0; d < dim; ++d) {
+                            num[(size_t)a[p] * dim + d] += w[(size_t)p * dim + d] * x[(size_t)p * dim + d];
+                            den[(size_t)a[p] * dim + d] += w[(size_t)p * dim + d];
+                        }
+                    for (size_t i = 0; i < num.size(); ++i)
+                        if (den[i] > 0) c[i] = num[i] / den[i];
+                }
+                bool   changed = false;
+                double sum     = 0;
+                for (int p = 0; p < n; ++p) {
+                    int    best = 0;
+                    double bd   = std::numeric_limits<double>::infinity();
+                    for (int t = 0; t < k; ++t) {
+                        double dd = 0;
+                        for (int d = 0; d < dim; ++d) {
+                            const double diff = x[(size_t)p * dim + d] - c[(size_t)t * dim + d];
+                            dd += w[(size_t)p * dim + d] * diff * diff;
+                        }
+                        if (dd < bd) bd = dd, best = t;
+                    }
+                    changed |= a[p] != best;
+                    a[p] = best;
+                    sum += bd;
+                }
+                obj.push_back(sum);
+                if (it > 0 && !changed) break;
+            }
+            EXPECT_EQ(r.assign, a) << "dim " << dim << " k " << k;
+            EXPECT_EQ(r.centroids, c) << "dim " << dim << " k " << k;
+            ASSERT_EQ(r.objective.size(), obj.size()) << "dim " << dim << " k " << k;
+            for (size_t i = 0; i < obj.size(); ++i) EXPECT_NEAR(r.objective[i], obj[i], 1e-12 * obj[i]) << i;
+        }
 }
 
 // ---- GPTVQ ----------------------------------------------------------------------------------------------------------
