@@ -244,7 +244,7 @@ TEST(KbvqLinear, SharedCodebooksAreStoredOnceAndRoundTrip) {
     EXPECT_TRUE(k5->shared_codebooks());
     EXPECT_EQ(k5->residual().dim(), 4);
     EXPECT_EQ(k5->residual().n_codebooks(), 1);
-    EXPECT_EQ(k5->shared()->codebooks, m->layer(1).experts[0][2].get() ? dynamic_cast<const KbvqLinear&>(*m->layer(1).experts[0][2]).shared()->codebooks : std::vector<float>{});
+    EXPECT_EQ(k5->shared()->codebooks, dynamic_cast<const KbvqLinear&>(*m->layer(1).experts[0][2]).shared()->codebooks);
     for (int e : {0, 5})
         EXPECT_EQ(q->layer(1).experts[e][2]->dequantize(), m->layer(1).experts[e][2]->dequantize()) << e;
     EXPECT_EQ(logits_of(*q, k_ids), logits_of(*m, k_ids));
@@ -456,7 +456,8 @@ TEST(Kbvq, PipelineBcosLowersHeldOutBiasAndIsDeterministic) {
     // By default one D = 4 codebook per layer and kind (2 bits: 256 centroids for 16 × 32,768 weights), shared.
     EXPECT_TRUE(d->shared_codebooks());
     EXPECT_EQ(d->residual().dim(), 4);
-    EXPECT_EQ(d->residual().unpack().codebooks, dynamic_cast<const KbvqLinear&>(*a->layer(2).experts[11][2]).residual().unpack().codebooks);
+    const auto& d11 = dynamic_cast<const KbvqLinear&>(*a->layer(2).experts[11][2]);
+    EXPECT_EQ(d->residual().unpack().codebooks, d11.residual().unpack().codebooks);
     EXPECT_EQ(dynamic_cast<const VqLinear&>(*a->layer(2).shared_down).dim(), 2);
     // Same seed and calibration: the same weights.
     auto b = Model::load(test::bundled_model());
