@@ -87,7 +87,9 @@ void KbvqLinear::set_shared(std::shared_ptr<const KbvqShared> s) {
     shared_  = std::move(s);
     codebooks16_ = to_f16(shared_->codebooks);
     basis16_ = to_f16(shared_->basis);
-    gamma16_ = to_f16(shared_->gamma);
+    // γ = 1 everywhere (gate/up, or BCOS off) is not stored: a reader takes a missing γ as ones.
+    const bool unit_gamma = std::all_of(shared_->gamma.begin(), shared_->gamma.end(), [](float g) { return g == 1.0f; });
+    gamma16_              = unit_gamma ? std::vector<uint16_t>{} : to_f16(shared_->gamma);
     beta16_  = to_f16(shared_->beta);
 }
 
@@ -136,7 +138,7 @@ std::vector<PackedTensor> KbvqLinear::packed_tensors() const {
     t.push_back({".kbvq_coef_scales", DType::F16, {p_.rank}, bytes(p_.coef_scales)});
     if (p_.is_owner) {
         t.push_back({".kbvq_basis", DType::F16, {out_, p_.rank}, bytes(basis16_)});
-        t.push_back({".kbvq_gamma", DType::F16, {out_}, bytes(gamma16_)});
+        if (!gamma16_.empty()) t.push_back({".kbvq_gamma", DType::F16, {out_}, bytes(gamma16_)});
         if (!beta16_.empty()) t.push_back({".kbvq_beta", DType::F16, {out_}, bytes(beta16_)});
         if (shared_codebooks())
             t.push_back({".kbvq_codebooks", DType::F16, {vq_.n_codebooks(), vq_.k(), vq_.dim()}, bytes(codebooks16_)});
@@ -150,6 +152,7 @@ nlohmann::ordered_json KbvqLinear::packed_config() const {
     j["rank"]                = p_.rank;
     j["shared"]              = p_.owner;
     j["bias"]                = !shared_->beta.empty();
+    j["gamma"]               = !gamma16_.empty();
     j["shared_codebooks"]    = shared_codebooks();
     return j;
 }

@@ -19,7 +19,7 @@ namespace moebius {
 struct KbvqShared {
     int                rank = 0;
     std::vector<float> basis; // (out, rank)
-    std::vector<float> gamma; // (out)
+    std::vector<float> gamma; // (out); all ones is not stored (format key "gamma" false)
     std::vector<float> beta;  // (out), or empty (no bias)
     // VQ codebooks shared by the group's residuals, (n_codebooks, K, D) in the residuals' common layout; empty: each
     // residual stores its own. Sharing is what makes D = 4 affordable on small experts: one codebook for all of them.

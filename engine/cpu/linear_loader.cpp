@@ -174,6 +174,8 @@ std::unique_ptr<Linear> load_packed_linear(const WeightStore& store, const std::
         p.vq   = read_vq(!shared_cb);
         p.rank = get_int("rank");
         const bool biased = get_bool("bias");
+        // Optional key (absent in older checkpoints, which always store γ): false means γ = 1, not stored.
+        const bool scaled_rows = q->contains("gamma") ? get_bool("gamma") : true;
         if (!q->contains("shared") || !(*q)["shared"].is_string()) bad("missing string \"shared\"");
         p.owner    = (*q)["shared"].get<std::string>();
         p.is_owner = p.owner == module;
@@ -184,7 +186,7 @@ std::unique_ptr<Linear> load_packed_linear(const WeightStore& store, const std::
                             (in / p.vq.group_cols);
         const std::vector<int64_t> cb_shape{ncb, (int64_t)1 << (p.vq.bits * p.vq.dim), p.vq.dim};
         const std::string key = p.owner + ".kbvq|" + std::to_string(out) + "|" + std::to_string(p.rank) + "|" +
-                                std::to_string(biased) + "|" +
+                                std::to_string(biased) + "|" + std::to_string(scaled_rows) + "|" +
                                 (shared_cb ? std::to_string(cb_shape[0]) + "," + std::to_string(cb_shape[1]) + "," +
                                                  std::to_string(cb_shape[2])
                                            : "own");
@@ -198,7 +200,7 @@ std::unique_ptr<Linear> load_packed_linear(const WeightStore& store, const std::
                 return v;
             };
             s->basis = f16s(".kbvq_basis", {out, p.rank});
-            s->gamma = f16s(".kbvq_gamma", {out});
+            s->gamma = scaled_rows ? f16s(".kbvq_gamma", {out}) : std::vector<float>(out, 1.0f);
             if (biased) s->beta = f16s(".kbvq_beta", {out});
             if (shared_cb) s->codebooks = f16s(".kbvq_codebooks", cb_shape);
             return s;

@@ -111,8 +111,10 @@ std::unique_ptr<Model> kbvq_model_written_to(const fs::path& dir, bool bias, boo
     vo.kmeans.iters = 5;
     vo.group_size   = 2048;
     if (shared_codebooks) {
-        // One D = 4 codebook for the group (fitted on the weights themselves; a test needs no residual).
+        // One D = 4 codebook for the group (fitted on the weights themselves; a test needs no residual), and γ = 1
+        // as the quantizer leaves gate/up (and down without BCOS).
         vo.dim = 4, vo.group_cols = in, vo.group_size = out * in;
+        sh->gamma.assign(out, 1.0f);
         vo.codebooks  = quant::shared_codebooks(W, out, in, Hp, vo, 0.01);
         sh->codebooks = vo.codebooks;
     }
@@ -177,6 +179,14 @@ TEST(KbvqLinear, DecodeFormulaByHandAndForwardParity) {
     KbvqLinear a(vq, owner, sh), b(vq, member, sh);
     EXPECT_EQ(a.storage_bytes() - b.storage_bytes(), 2u * (out * rank + 2 * out));
     EXPECT_EQ(b.storage_bytes(), VqLinear(vq).storage_bytes() + rank * in + 2 * rank);
+    // γ = 1 everywhere is not stored.
+    auto unit   = std::make_shared<KbvqShared>(*sh);
+    unit->gamma.assign(out, 1.0f);
+    KbvqLinear au(vq, owner, unit);
+    EXPECT_EQ(a.storage_bytes() - au.storage_bytes(), 2u * out);
+    for (const auto& t : au.packed_tensors()) EXPECT_NE(t.suffix, ".kbvq_gamma");
+    EXPECT_EQ(au.packed_config()["gamma"], false);
+    EXPECT_EQ(a.packed_config()["gamma"], true);
     // Shared codebooks: the owner stores them once, the members not at all; they must be the residual's own.
     auto shc       = std::make_shared<KbvqShared>(*sh);
     shc->codebooks = vq.codebooks;
@@ -254,6 +264,10 @@ TEST(KbvqLinear, SharedCodebooksAreStoredOnceAndRoundTrip) {
     EXPECT_EQ(st->find(e0 + ".vq_codebooks"), nullptr);
     EXPECT_EQ(st->find(e5 + ".vq_codebooks"), nullptr);
     EXPECT_EQ(q->spec().quantization["modules"][e5]["shared_codebooks"], true);
+    // γ = 1 is not stored; the reader restores the ones.
+    EXPECT_EQ(st->find(e0 + ".kbvq_gamma"), nullptr);
+    EXPECT_EQ(q->spec().quantization["modules"][e5]["gamma"], false);
+    EXPECT_EQ(k5->shared()->gamma, std::vector<float>(k5->out_features(), 1.0f));
     // The dequantized export equals the packed checkpoint (no β here).
     quant::WriteOptions de;
     de.dequantized = true;
@@ -264,6 +278,9 @@ TEST(KbvqLinear, SharedCodebooksAreStoredOnceAndRoundTrip) {
     fs::copy(dir / "kbvq", dir / "own", fs::copy_options::recursive);
     edit_config(dir / "own", [&](auto& cfg) { cfg["quantization_config"]["modules"][e5]["shared_codebooks"] = false; });
     EXPECT_THROW(Model::load(dir / "own"), NotFoundError);
+    fs::copy(dir / "kbvq", dir / "nogamma", fs::copy_options::recursive);
+    edit_config(dir / "nogamma", [&](auto& cfg) { cfg["quantization_config"]["modules"][e5]["gamma"] = true; });
+    EXPECT_THROW(Model::load(dir / "nogamma"), NotFoundError); // the owner stores no γ
     fs::copy(dir / "kbvq", dir / "badval", fs::copy_options::recursive);
     edit_config(dir / "badval", [&](auto& cfg) { cfg["quantization_config"]["modules"][e5]["shared_codebooks"] = 1; });
     expect_load_error(dir / "badval", {(dir / "badval" / "config.json").string(), e5, "shared_codebooks"});
@@ -472,6 +489,10 @@ TEST(Kbvq, PipelineBcosLowersHeldOutBiasAndIsDeterministic) {
     quant::write_checkpoint(*a, test::bundled_model(), dir / "q", wo);
     auto reloaded = Model::load(dir / "q");
     EXPECT_EQ(logits_of(*reloaded, k_ids), logits_of(*a, k_ids));
+    // γ is stored only where BCOS put it: the down projections.
+    const auto& mods = reloaded->spec().quantization["modules"];
+    EXPECT_EQ(mods[reloaded->spec().linear_name(2, LinearKind::ExpertGate, 3)]["gamma"], false);
+    EXPECT_EQ(mods[reloaded->spec().linear_name(2, LinearKind::ExpertDown, 3)]["gamma"], true);
     // The group's members hold one copy of the owner's basis, γ and β, not one each.
     for (int k = 0; k < 3; ++k) {
         const auto* first = dynamic_cast<const KbvqLinear*>(reloaded->layer(2).experts[0][k].get());
