@@ -39,5 +39,12 @@ HEAVY+='|QuantizePipeline\.GptqBeatsRtnOnHeldOutText|QuantizePipeline\.BinaryMet
 HEAVY+='|StudioFlow\.GptqShowsLayerErrorsWhileRunning|Tasks\.KjvClozeAccuracyFarAboveChance'
 HEAVY+='|VulkanRunner\.QuantizedCheckpointsPerplexityMatchesCpu|MobieFpTarget\.OtherCalibratedMethodsCanOptIn)$'
 step "ASan + UBSan tests"
-(cd build-asan && ctest --output-on-failure -j "$JOBS" -E "$HEAVY")
+# Every process that enumerates Vulkan devices (the Vulkan tests, and the Studio's, which list them) would fail the leak
+# check on Mesa's lavapipe as Debian 12 ships it now (mesa-vulkan-drivers 22.3.6-1+deb12u2): the driver allocates
+# 128 bytes once in a pthread_once under vkEnumeratePhysicalDevices and never frees them, and the loader unloads it
+# before exit, so LeakSanitizer can neither name nor suppress the frames (the slow unwinder that would reach the
+# loader's frames hangs lavapipe's threads). Those tests run with the leak check off — still under ASan and UBSan.
+VULKAN_PROCS='Vulkan|Studio'
+(cd build-asan && ctest --output-on-failure -j "$JOBS" -E "$HEAVY|$VULKAN_PROCS")
+(cd build-asan && ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 ctest --output-on-failure -j "$JOBS" -R "$VULKAN_PROCS" -E "$HEAVY")
 step "done"
