@@ -79,10 +79,9 @@ void KbvqLinear::set_shared(std::shared_ptr<const KbvqShared> s) {
     if (!s->codebooks.empty()) {
         // Shared codebooks are the residual's own: the reader fills the residual from them, the quantizer fits the
         // residual with them; anything else is an inconsistent group.
-        const VqWeights r = vq_.unpack();
-        if (s->codebooks != r.codebooks)
+        if (s->codebooks != vq_.codebooks())
             throw FormatError("kbvq linear: the group's shared codebooks (" + std::to_string(s->codebooks.size()) +
-                              " values) differ from the residual's (" + std::to_string(r.codebooks.size()) + ")");
+                              " values) differ from the residual's (" + std::to_string(vq_.codebooks().size()) + ")");
     }
     shared_  = std::move(s);
     codebooks16_ = to_f16(shared_->codebooks);

@@ -137,6 +137,11 @@ std::unique_ptr<Linear> load_packed_linear(const WeightStore& store, const std::
             bad(e.what());
         }
     }
+    // (n_codebooks, K, D) of a vq layout, as stored.
+    auto codebook_shape = [&](const VqPacked& p) -> std::vector<int64_t> {
+        return {(int64_t)((out + p.rows_per_codebook - 1) / p.rows_per_codebook) * (in / p.group_cols),
+                (int64_t)1 << (p.bits * p.dim), p.dim};
+    };
     auto read_vq = [&](bool with_codebooks) {
         VqPacked p;
         p.dim               = get_int("dim");
@@ -149,12 +154,10 @@ std::unique_ptr<Linear> load_packed_linear(const WeightStore& store, const std::
         if (p.group_cols <= 0 || p.group_cols % p.dim || in % p.group_cols)
             bad("group_cols must be a multiple of dim dividing the input size " + std::to_string(in));
         if (p.rows_per_codebook <= 0) bad("rows_per_codebook must be positive");
-        const int64_t ncb = (int64_t)((out + p.rows_per_codebook - 1) / p.rows_per_codebook) * (in / p.group_cols);
         p.codes     = copy_as<uint8_t>(side(store, module + ".vq_codes", DType::U8,
                                             {out, VqLinear::row_bytes(in, p.dim, p.bits)}));
         if (with_codebooks)
-            p.codebooks = copy_as<uint16_t>(
-                side(store, module + ".vq_codebooks", DType::F16, {ncb, (int64_t)1 << (p.bits * p.dim), p.dim}));
+            p.codebooks = copy_as<uint16_t>(side(store, module + ".vq_codebooks", DType::F16, codebook_shape(p)));
         if (scaled) p.scales = copy_as<uint16_t>(side(store, module + ".vq_scales", DType::F16, {out}));
         return p;
     };
@@ -182,9 +185,7 @@ std::unique_ptr<Linear> load_packed_linear(const WeightStore& store, const std::
         if (p.rank < 0 || p.rank > std::min(out, in)) bad("rank must be in 0..min(out, in)");
         p.coef        = copy_as<int8_t>(side(store, module + ".kbvq_coef", DType::I8, {p.rank, in}));
         p.coef_scales = copy_as<uint16_t>(side(store, module + ".kbvq_coef_scales", DType::F16, {p.rank}));
-        const int64_t ncb = (int64_t)((out + p.vq.rows_per_codebook - 1) / p.vq.rows_per_codebook) *
-                            (in / p.vq.group_cols);
-        const std::vector<int64_t> cb_shape{ncb, (int64_t)1 << (p.vq.bits * p.vq.dim), p.vq.dim};
+        const std::vector<int64_t> cb_shape = codebook_shape(p.vq);
         const std::string key = p.owner + ".kbvq|" + std::to_string(out) + "|" + std::to_string(p.rank) + "|" +
                                 std::to_string(biased) + "|" + std::to_string(scaled_rows) + "|" +
                                 (shared_cb ? std::to_string(cb_shape[0]) + "," + std::to_string(cb_shape[1]) + "," +

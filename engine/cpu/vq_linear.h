@@ -67,6 +67,7 @@ class VqLinear final : public Linear {
     int       rows_per_codebook() const { return p_.rows_per_codebook; }
     int       n_codebooks() const;
     bool      has_scales() const { return !p_.scales.empty(); }
+    const std::vector<float>& codebooks() const { return codebooks_; } // (n_codebooks, K, D), the stored f16 values
     void      decode_row(int o, float* dst) const; // row o (in), exactly as dequantize(); thread-safe
 
   private:

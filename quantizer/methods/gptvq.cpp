@@ -31,18 +31,18 @@ inline double wdist(const double* p, const double* w, const double* c, int dim) 
 }
 
 // Yinyang-style bounds for exact Lloyd iterations with many centroids (Ding et al., 2015): the centroids are cut into
-// groups of consecutive indices; per point an upper bound on the distance to its centroid and, per group, a lower
-// bound on the distance to the group's other centroids (square roots of the weighted distances). Point p's distance
-// is a norm with diagonal weights w_p, so when centroid t moves by δ_t (Euclidean) it moves by at most sw_p · δ_t,
-// sw_p = √max_d w_pd. Groups whose bound stays above the upper bound are not looked at; a relative margin covers
-// rounding, so the assignments (ties included) are exactly those of plain Lloyd.
+// groups of consecutive indices, and per point and group a lower bound on the distance to the group's centroids other
+// than the point's own (square roots of the weighted distances). Point p's distance is a norm with diagonal weights
+// w_p, so when centroid t moves by δ_t (Euclidean) it moves by at most sw_p · δ_t, sw_p = √max_d w_pd. The distance to
+// the point's own centroid is computed exactly every iteration anyway (the objective needs it), so it serves as the
+// upper bound; groups whose bound stays above it are not looked at. A relative margin covers rounding, so the
+// assignments (ties included) are exactly those of plain Lloyd.
 struct Bounds {
     int                 group = 1, groups = 1; // centroids per group, number of groups
-    std::vector<double> ub, sw;                // (n)
+    std::vector<double> sw;                    // (n)
     std::vector<double> lb;                    // (n, groups)
-    std::vector<double> delta;                 // (k) how far each centroid moved in the last M-step
-    std::vector<double> gmove;                 // (groups) the largest move in each group
-    bool                valid = false;         // ub/lb hold the bounds of the previous assignment
+    std::vector<double> gmove;                 // (groups) the largest move of a centroid in each group
+    bool                valid = false;         // lb holds the bounds of the previous assignment
 };
 
 // Assigns every point to its nearest centroid; returns the objective and whether any assignment changed. DIM > 0 is
@@ -57,14 +57,6 @@ double assign_points(const double* x, const double* w, int n, int dim_rt, int k,
     std::vector<double> ct((size_t)dim * k);
     for (int t = 0; t < k; ++t)
         for (int d = 0; d < dim; ++d) ct[(size_t)d * k + t] = c[(size_t)t * dim + d];
-    auto exact = [&](const double* xp, const double* wp, int t) {
-        double s = 0;
-        for (int d = 0; d < dim; ++d) {
-            const double diff = xp[d] - ct[(size_t)d * k + t];
-            s += wp[d] * diff * diff;
-        }
-        return s;
-    };
     constexpr double margin = 1 - 1e-9;
     // Points are independent: threads take disjoint ranges (large problems only, e.g. KBVQ's codebooks shared by
     // a layer's experts); the objective is summed afterwards in point order, so the result does not depend on them.
@@ -83,14 +75,8 @@ double assign_points(const double* x, const double* w, int n, int dim_rt, int k,
             if (bo.valid) {
                 double lmin = std::numeric_limits<double>::infinity();
                 for (int g = 0; g < ng; ++g) lmin = std::min(lmin, lb[g] -= bo.sw[p] * bo.gmove[g]);
-                double ub = bo.ub[p] + bo.sw[p] * bo.delta[ap];
-                if (ub < lmin * margin) {
-                    bo.ub[p]  = ub;
-                    best_d[p] = exact(xp, wp, ap);
-                    continue;
-                }
-                best_d[p] = exact(xp, wp, ap);
-                bo.ub[p] = ub = std::sqrt(best_d[p]);
+                best_d[p]       = wdist(xp, wp, c.data() + (size_t)ap * dim, dim); // same arithmetic as below
+                const double ub = std::sqrt(best_d[p]);
                 if (ub < lmin * margin) continue;
                 for (int g = 0; g < ng; ++g) open[g] = !(ub < lb[g] * margin);
             } else {
@@ -138,7 +124,6 @@ double assign_points(const double* x, const double* w, int n, int dim_rt, int k,
             }
             if (ap != best) any = true, a[p] = best;
             best_d[p] = bd;
-            bo.ub[p]  = std::sqrt(bd);
         }
     }
     bo.valid   = true;
@@ -234,7 +219,7 @@ KmeansResult weighted_kmeans(const double* x, const double* w, int n, int dim, i
     bo.groups = std::clamp(k / 16, 1, 64);
     bo.group  = (k + bo.groups - 1) / bo.groups;
     bo.groups = (k + bo.group - 1) / bo.group;
-    bo.ub.resize(n), bo.lb.resize((size_t)n * bo.groups), bo.sw.resize(n), bo.delta.resize(k), bo.gmove.resize(bo.groups);
+    bo.lb.resize((size_t)n * bo.groups), bo.sw.resize(n), bo.gmove.resize(bo.groups);
     for (int p = 0; p < n; ++p) {
         double m = 0;
         for (int d = 0; d < dim; ++d) m = std::max(m, w[(size_t)p * dim + d]);
@@ -260,8 +245,7 @@ KmeansResult weighted_kmeans(const double* x, const double* w, int n, int dim, i
             for (int d = 0; d < dim; ++d) m += (r.centroids[(size_t)t * dim + d] - old[(size_t)t * dim + d]) *
                                                (r.centroids[(size_t)t * dim + d] - old[(size_t)t * dim + d]);
             // Rounded up a little: the bound must not be smaller than the true move.
-            bo.delta[t]              = std::sqrt(m) * (1 + 1e-12);
-            bo.gmove[t / bo.group] = std::max(bo.gmove[t / bo.group], bo.delta[t]);
+            bo.gmove[t / bo.group] = std::max(bo.gmove[t / bo.group], std::sqrt(m) * (1 + 1e-12));
         }
         r.objective.push_back(assign_points(x, w, n, dim, k, r.centroids, r.assign, &changed, bo));
         if (!changed) break;
