@@ -57,6 +57,8 @@ void validate_options(const QuantizeOptions& o, const ModelSpec& spec) {
         if (o.vq_dim != 1 && o.vq_dim != 2 && o.vq_dim != 4)
             throw InputError("--vq-dim must be 1, 2 or 4, got " + std::to_string(o.vq_dim));
         if (o.vq_group_size < 0) throw InputError("--vq-group-size must be positive (0: automatic)");
+        if (o.vq_codebook_bits != 8 && o.vq_codebook_bits != 16)
+            throw InputError("--codebook-bits must be 8 or 16, got " + std::to_string(o.vq_codebook_bits));
         if (o.bits < 1 || o.bits * o.vq_dim > 12)
             throw InputError("--bits for " + o.method + " must be ≥ 1 with bits·vq-dim ≤ 12 (at most 4096 centroids), got " +
                              std::to_string(o.bits) + " with --vq-dim " + std::to_string(o.vq_dim));
@@ -206,7 +208,8 @@ struct LayerQuantizer {
             vo.dim  = opt.vq_dim;
             vo.bits       = opt.bits;
             vo.damp       = opt.damp;
-            vo.group_size = opt.vq_group_size > 0 ? opt.vq_group_size : 128 * opt.vq_dim * (1 << (opt.bits * opt.vq_dim));
+            vo.group_size = opt.vq_weights_per_codebook();
+            vo.codebook_bits = opt.vq_codebook_bits;
             GptvqReport vr;
             lin             = std::make_unique<VqLinear>(gptvq_quantize(W.data(), out, in, *H, vo, &vr));
             mr.rel_error    = vr.rel_error;
@@ -281,6 +284,7 @@ nlohmann::ordered_json fingerprint(const Model& model, const CalibrationSet& cal
             {"group", opt.group},
             {"vq_dim", opt.vq_dim},
             {"vq_group_size", opt.vq_group_size},
+            {"vq_codebook_bits", opt.vq_codebook_bits},
             {"kbvq", {opt.kbvq_rank, opt.idre, opt.bcos, opt.bcos_bias, opt.bcos_gamma, opt.kbvq_shared_codebooks,
                       opt.kbvq_dim}},
             {"mobie", {opt.mobie_core, opt.mobie_rank, opt.cejd, opt.cejd_refit, opt.cejd_all, opt.glas, opt.nges, opt.nges_weight,

@@ -22,9 +22,15 @@ struct QuantizeOptions {
     int         bits   = 4;      // uniform methods: 2..8 (rtn also 1: sign binarization); binary methods: ignored
     int         group  = 128;    // -1: per output channel (binary methods use blocks of min(128, in) columns)
     int         vq_dim = 2;      // gptvq: vector dimension D ∈ {1, 2, 4}; --bits is bits per weight (2^(bits·D) centroids)
-    // gptvq: weights per codebook; 0 = 128·K·D, so the f16 codebooks cost 1/8 bit per weight at any (bits, D) — the
-    // rule behind GPTVQ's released settings (D=1 b=2: 512, D=2 b=2: 4096, D=2 b=3: 16384).
-    int         vq_group_size = 0;
+    // gptvq: weights per codebook; 0 = 128·K·D (f16 codebooks) or 64·K·D (8-bit), so the codebooks cost 1/8 bit per
+    // weight at any (bits, D) — the rule behind GPTVQ's released settings (D=1 b=2: 512, D=2 b=2: 4096, D=2 b=3:
+    // 16384); vq_codebook_bits 8 stores int8 centroids with an f16 scale per codebook (GPTVQ's codebook quantization)
+    // in every per-matrix codebook (kbvq's shared codebooks, one per layer and kind, stay f16).
+    int         vq_group_size    = 0;
+    int         vq_codebook_bits = 16;
+    int         vq_weights_per_codebook() const {
+        return vq_group_size > 0 ? vq_group_size : 128 / (16 / vq_codebook_bits) * vq_dim * (1 << (bits * vq_dim));
+    }
     // kbvq (methods.md §2): routed experts get IDRE (a shared rank-kbvq_rank basis, 8-bit per-expert coefficients)
     // + GPTVQ of the residual + BCOS (per-layer channel affine of the experts' aggregate; bcos_bias adds β);
     // every other linear is GPTVQ-quantized with the same vq_dim / bits / vq_group_size.

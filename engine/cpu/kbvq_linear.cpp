@@ -82,6 +82,7 @@ void KbvqLinear::set_shared(std::shared_ptr<const KbvqShared> s) {
         if (s->codebooks != vq_.codebooks())
             throw FormatError("kbvq linear: the group's shared codebooks (" + std::to_string(s->codebooks.size()) +
                               " values) differ from the residual's (" + std::to_string(vq_.codebooks().size()) + ")");
+        if (vq_.codebook_bits() != 16) throw FormatError("kbvq linear: shared codebooks are stored in f16, not 8 bits");
     }
     shared_  = std::move(s);
     codebooks16_ = to_f16(shared_->codebooks);

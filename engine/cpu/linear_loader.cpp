@@ -154,10 +154,19 @@ std::unique_ptr<Linear> load_packed_linear(const WeightStore& store, const std::
         if (p.group_cols <= 0 || p.group_cols % p.dim || in % p.group_cols)
             bad("group_cols must be a multiple of dim dividing the input size " + std::to_string(in));
         if (p.rows_per_codebook <= 0) bad("rows_per_codebook must be positive");
+        // Optional key: absent means f16 codebooks (checkpoints written before 8-bit codebooks).
+        p.codebook_bits = q->contains("codebook_bits") ? get_int("codebook_bits") : 16;
+        if (p.codebook_bits != 8 && p.codebook_bits != 16) bad("codebook_bits must be 8 or 16");
+        if (p.codebook_bits == 8 && !with_codebooks) bad("shared codebooks are f16; codebook_bits must be 16");
         p.codes     = copy_as<uint8_t>(side(store, module + ".vq_codes", DType::U8,
                                             {out, VqLinear::row_bytes(in, p.dim, p.bits)}));
-        if (with_codebooks)
+        if (with_codebooks && p.codebook_bits == 8) {
+            const std::vector<int64_t> shape = codebook_shape(p);
+            p.codebooks_i8    = copy_as<int8_t>(side(store, module + ".vq_codebooks", DType::I8, shape));
+            p.codebook_scales = copy_as<uint16_t>(side(store, module + ".vq_codebook_scales", DType::F16, {shape[0]}));
+        } else if (with_codebooks) {
             p.codebooks = copy_as<uint16_t>(side(store, module + ".vq_codebooks", DType::F16, codebook_shape(p)));
+        }
         if (scaled) p.scales = copy_as<uint16_t>(side(store, module + ".vq_scales", DType::F16, {out}));
         return p;
     };

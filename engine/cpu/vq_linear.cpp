@@ -4,6 +4,8 @@
 #include "engine/core/error.h"
 #include "engine/cpu/row_decoded_forward.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <string>
 
@@ -18,6 +20,15 @@ namespace {
 constexpr int kSlack = 16; // bytes after the last row, so 16-byte index loads never read past the allocation
 
 bool f16_exact(float v) { return f16_to_f32(f32_to_f16(v)) == v; }
+
+// The 8-bit code q of centroid v under an f16-exact scale s, or -128 when v is no vq_int8_centroid(s, q). v = f16(s·q)
+// is within 2⁻¹¹ relative of s·q and |q| ≤ 127, so q = round(v / s) (off by at most 0.07 before rounding).
+int codebook_int8(float v, float s) {
+    if (s == 0) return v == 0 ? 0 : -128;
+    const long q = std::lrint(v / s);
+    if (q < -127 || q > 127 || vq_int8_centroid(f32_to_f16(s), (int8_t)q) != v) return -128;
+    return (int)q;
+}
 
 // Parameter checks shared by both constructors; returns an empty string when fine.
 std::string param_error(int in, int out, int dim, int bits, int group_cols, int rows_per_codebook) {
@@ -133,6 +144,22 @@ void lookup_row(const uint16_t* idx, int in, int G, const float* cbs, int K, flo
 
 } // namespace
 
+float vq_int8_centroid(uint16_t scale, int8_t q) { return f16_to_f32(f32_to_f16(f16_to_f32(scale) * (float)q)); }
+
+uint16_t vq_round_codebook_int8(float* v, size_t n, int8_t* q) {
+    float mx = 0;
+    for (size_t i = 0; i < n; ++i) mx = std::max(mx, std::fabs(v[i]));
+    uint16_t s = f32_to_f16(mx / 127.0f);
+    while (f16_to_f32(s) * 127.0f < mx) ++s; // the next f16 up (positive f16 bit patterns are ordered)
+    const float sf = f16_to_f32(s);
+    for (size_t i = 0; i < n; ++i) {
+        const int8_t qi = sf > 0 ? (int8_t)std::clamp(std::lrint(v[i] / sf), -127L, 127L) : 0;
+        if (q) q[i] = qi;
+        v[i] = vq_int8_centroid(s, qi);
+    }
+    return s;
+}
+
 // ---- VqWeights ------------------------------------------------------------------------------------------------------
 
 void VqWeights::validate() const {
@@ -148,6 +175,21 @@ void VqWeights::validate() const {
         if (!f16_exact(v)) throw InputError("vq: centroid " + std::to_string(v) + " is not exactly representable in f16");
     for (float v : scales)
         if (!f16_exact(v)) throw InputError("vq: scale " + std::to_string(v) + " is not exactly representable in f16");
+    if (codebook_bits != 8 && codebook_bits != 16)
+        throw InputError("vq: codebook_bits must be 8 or 16, got " + std::to_string(codebook_bits));
+    if (codebook_scales.size() != (codebook_bits == 8 ? (size_t)n_codebooks() : 0))
+        throw InputError("vq: " + std::to_string(codebook_scales.size()) + " codebook scales for " +
+                         std::to_string(n_codebooks()) + " codebooks of " + std::to_string(codebook_bits) + " bits");
+    for (size_t c = 0; c < codebook_scales.size(); ++c) {
+        const float s = codebook_scales[c];
+        if (!f16_exact(s) || !(s >= 0) || std::isinf(s))
+            throw InputError("vq: codebook scale " + std::to_string(s) + " is not a finite non-negative f16 value");
+        const size_t n = (size_t)k() * dim;
+        for (size_t i = c * n; i < (c + 1) * n; ++i)
+            if (codebook_int8(codebooks[i], s) < -127)
+                throw InputError("vq: centroid " + std::to_string(codebooks[i]) + " of codebook " + std::to_string(c) +
+                                 " is not on its 8-bit grid (scale " + std::to_string(s) + ")");
+    }
     for (uint16_t c : codes)
         if (c >= k()) throw InputError("vq: code " + std::to_string(c) + " >= " + std::to_string(k()) + " centroids");
 }
@@ -189,8 +231,16 @@ VqPacked pack_weights(const VqWeights& w) {
     w.validate();
     VqPacked p;
     p.dim = w.dim, p.bits = w.bits, p.group_cols = w.group_cols, p.rows_per_codebook = w.rows_per_codebook;
+    p.codebook_bits = w.codebook_bits;
     p.codes = VqLinear::pack(w.codes.data(), w.out, w.in, w.dim, w.bits);
-    for (float v : w.codebooks) p.codebooks.push_back(f32_to_f16(v));
+    if (w.codebook_bits == 8) { // the constructor derives the f16 codebooks
+        const size_t n = (size_t)w.k() * w.dim;
+        for (size_t i = 0; i < w.codebooks.size(); ++i)
+            p.codebooks_i8.push_back((int8_t)codebook_int8(w.codebooks[i], w.codebook_scales[i / n]));
+        for (float s : w.codebook_scales) p.codebook_scales.push_back(f32_to_f16(s));
+    } else {
+        for (float v : w.codebooks) p.codebooks.push_back(f32_to_f16(v));
+    }
     for (float v : w.scales) p.scales.push_back(f32_to_f16(v));
     return p;
 }
@@ -202,16 +252,33 @@ VqLinear::VqLinear(const VqWeights& w) : VqLinear(w.in, w.out, pack_weights(w)) 
 VqLinear::VqLinear(int in_features, int out_features, VqPacked p) : Linear(in_features, out_features), p_(std::move(p)) {
     if (auto e = param_error(in_, out_, p_.dim, p_.bits, p_.group_cols, p_.rows_per_codebook); !e.empty())
         throw FormatError("vq linear: " + e);
+    if (p_.codebook_bits != 8 && p_.codebook_bits != 16)
+        throw FormatError("vq linear: codebook_bits must be 8 or 16, got " + std::to_string(p_.codebook_bits));
     row_bytes_       = row_bytes(in_, p_.dim, p_.bits);
     const size_t ncb = (size_t)n_codebooks() * k() * p_.dim;
-    if ((int64_t)p_.codes.size() != row_bytes_ * out_ || p_.codebooks.size() != ncb ||
+    const bool   i8  = p_.codebook_bits == 8;
+    if ((int64_t)p_.codes.size() != row_bytes_ * out_ || (i8 ? p_.codebooks_i8.size() : p_.codebooks.size()) != ncb ||
+        (i8 ? !p_.codebooks.empty() || p_.codebook_scales.size() != (size_t)n_codebooks()
+            : !p_.codebooks_i8.empty() || !p_.codebook_scales.empty()) ||
         (!p_.scales.empty() && p_.scales.size() != (size_t)out_))
         throw FormatError("vq linear: array sizes (codes " + std::to_string(p_.codes.size()) + ", codebooks " +
-                          std::to_string(p_.codebooks.size()) + ", scales " + std::to_string(p_.scales.size()) +
+                          std::to_string(i8 ? p_.codebooks_i8.size() : p_.codebooks.size()) + ", codebook scales " +
+                          std::to_string(p_.codebook_scales.size()) + ", scales " + std::to_string(p_.scales.size()) +
                           ") do not match shape (" + std::to_string(out_) + ", " + std::to_string(in_) + "), dim " +
                           std::to_string(p_.dim) + ", bits " + std::to_string(p_.bits) + ", " +
                           std::to_string(n_codebooks()) + " codebooks");
     p_.codes.resize(p_.codes.size() + kSlack, 0);
+    if (i8) {
+        const size_t n = ncb / n_codebooks();
+        for (size_t i = 0; i < ncb; ++i) {
+            const uint16_t s = p_.codebook_scales[i / n];
+            if ((s & 0x7c00) == 0x7c00 || (s & 0x8000))
+                throw FormatError("vq linear: codebook scale " + std::to_string(f16_to_f32(s)) +
+                                  " is not a finite non-negative f16 value");
+            if (p_.codebooks_i8[i] == -128) throw FormatError("vq linear: 8-bit centroid -128 (the range is ±127)");
+            p_.codebooks.push_back(f32_to_f16(vq_int8_centroid(s, p_.codebooks_i8[i])));
+        }
+    }
     codebooks_.resize(ncb);
     for (size_t i = 0; i < ncb; ++i) codebooks_[i] = f16_to_f32(p_.codebooks[i]);
     for (uint16_t s : p_.scales) scales_.push_back(f16_to_f32(s));
@@ -250,6 +317,8 @@ VqWeights VqLinear::unpack() const {
     w.rows_per_codebook = p_.rows_per_codebook;
     w.codebooks         = codebooks_;
     w.scales            = scales_;
+    w.codebook_bits     = p_.codebook_bits;
+    for (uint16_t s : p_.codebook_scales) w.codebook_scales.push_back(f16_to_f32(s));
     const int      B = p_.bits * p_.dim, n_idx = in_ / p_.dim;
     const uint32_t mask = (1u << B) - 1;
     w.codes.resize((size_t)out_ * n_idx);
@@ -261,21 +330,28 @@ VqWeights VqLinear::unpack() const {
 
 std::vector<PackedTensor> VqLinear::packed_tensors() const {
     auto bytes = [](const auto& v, size_t n) { return std::span<const uint8_t>((const uint8_t*)v.data(), n); };
-    std::vector<PackedTensor> t{
-        {".vq_codes", DType::U8, {out_, row_bytes_}, bytes(p_.codes, (size_t)(row_bytes_ * out_))},
-        {".vq_codebooks", DType::F16, {n_codebooks(), k(), p_.dim}, bytes(p_.codebooks, p_.codebooks.size() * 2)}};
+    std::vector<PackedTensor> t{{".vq_codes", DType::U8, {out_, row_bytes_}, bytes(p_.codes, (size_t)(row_bytes_ * out_))}};
+    if (p_.codebook_bits == 8) {
+        t.push_back({".vq_codebooks", DType::I8, {n_codebooks(), k(), p_.dim}, bytes(p_.codebooks_i8, p_.codebooks_i8.size())});
+        t.push_back({".vq_codebook_scales", DType::F16, {n_codebooks()}, bytes(p_.codebook_scales, p_.codebook_scales.size() * 2)});
+    } else {
+        t.push_back({".vq_codebooks", DType::F16, {n_codebooks(), k(), p_.dim}, bytes(p_.codebooks, p_.codebooks.size() * 2)});
+    }
     if (has_scales()) t.push_back({".vq_scales", DType::F16, {out_}, bytes(p_.scales, p_.scales.size() * 2)});
     return t;
 }
 
 nlohmann::ordered_json VqLinear::packed_config() const {
-    return {{"format", "vq"},         {"dim", p_.dim},
-            {"bits", p_.bits},        {"group_cols", p_.group_cols},
-            {"rows_per_codebook", p_.rows_per_codebook}, {"scales", has_scales()}};
+    nlohmann::ordered_json j = {{"format", "vq"},         {"dim", p_.dim},
+                                {"bits", p_.bits},        {"group_cols", p_.group_cols},
+                                {"rows_per_codebook", p_.rows_per_codebook}, {"scales", has_scales()}};
+    if (p_.codebook_bits != 16) j["codebook_bits"] = p_.codebook_bits; // absent: 16 (as written before 8-bit codebooks)
+    return j;
 }
 
 size_t VqLinear::storage_bytes() const {
-    return (size_t)(row_bytes_ * out_) + p_.codebooks.size() * sizeof(uint16_t) + p_.scales.size() * sizeof(uint16_t);
+    const size_t cb = p_.codebook_bits == 8 ? p_.codebooks_i8.size() + 2 * p_.codebook_scales.size() : 2 * p_.codebooks.size();
+    return (size_t)(row_bytes_ * out_) + cb + p_.scales.size() * sizeof(uint16_t);
 }
 
 void VqLinear::forward(const float* x, int n, float* y) const {

@@ -6,6 +6,9 @@
 //     w[o, j] = scale[o] · codebook[c][code[o, j / D]][j mod D]   (scale = 1 without scales)
 // Indices are packed LSB-first with bits·D bits each (index i of a row occupies bits [i·bits·D, (i+1)·bits·D) of the
 // row's bit stream), each row padded to whole bytes. forward() decodes rows on the fly (engine/cpu/row_decoded_forward.h).
+// Codebooks are stored in f16 or, with codebook_bits 8 (GPTVQ's codebook quantization), as int8 q with one f16 scale s
+// per codebook: centroid = f16(s · q), the product exact in f32 and then rounded to f16, so the decoded centroids are
+// f16 values either way and every decoder (CPU, Vulkan) sees the same f16 codebooks.
 #include "engine/cpu/linear.h"
 
 #include <cstdint>
@@ -25,6 +28,9 @@ struct VqWeights {
     std::vector<float>    codebooks;               // (n_codebooks, K, D), f16-exact
     std::vector<uint16_t> codes;                   // (out, in / D) centroid indices < K
     std::vector<float>    scales;                  // (out) f16-exact, or empty (no row scales)
+    int                   codebook_bits = 16;      // 16: f16 centroids; 8: int8 centroids × a per-codebook scale
+    std::vector<float>    codebook_scales;         // (n_codebooks) f16-exact, codebook_bits 8 only: every centroid of
+                                                   // codebook c is vq_int8_centroid(codebook_scales[c], q), |q| ≤ 127
 
     int                k() const { return 1 << (bits * dim); }
     int                n_row_blocks() const { return (out + rows_per_codebook - 1) / rows_per_codebook; }
@@ -35,12 +41,21 @@ struct VqWeights {
     void validate() const;
 };
 
+// The decoded centroid of an 8-bit codebook entry q with the codebook's f16 scale: f16(s · q).
+float vq_int8_centroid(uint16_t scale, int8_t q);
+// Rounds the n values of one codebook to the 8-bit grid in place: scale = the smallest f16 ≥ max |v| / 127 (so
+// |q| ≤ 127), q = round(v / scale), v ← vq_int8_centroid(scale, q). Writes q when given; returns the f16 scale.
+uint16_t vq_round_codebook_int8(float* v, size_t n, int8_t* q = nullptr);
+
 // The packed side arrays as stored in a checkpoint.
 struct VqPacked {
     int                   dim = 2, bits = 2, group_cols = 0, rows_per_codebook = 0;
-    std::vector<uint8_t>  codes;     // (out, row_bytes)
-    std::vector<uint16_t> codebooks; // (n_codebooks, K, D) f16
-    std::vector<uint16_t> scales;    // (out) f16, or empty
+    int                   codebook_bits = 16;
+    std::vector<uint8_t>  codes;           // (out, row_bytes)
+    std::vector<uint16_t> codebooks;       // (n_codebooks, K, D) f16; with codebook_bits 8 derived by the constructor
+    std::vector<int8_t>   codebooks_i8;    // (n_codebooks, K, D), codebook_bits 8 only
+    std::vector<uint16_t> codebook_scales; // (n_codebooks) f16, codebook_bits 8 only
+    std::vector<uint16_t> scales;          // (out) f16, or empty
 };
 
 class VqLinear final : public Linear {
@@ -65,9 +80,11 @@ class VqLinear final : public Linear {
     int       k() const { return 1 << (p_.bits * p_.dim); }
     int       group_cols() const { return p_.group_cols; }
     int       rows_per_codebook() const { return p_.rows_per_codebook; }
+    int       codebook_bits() const { return p_.codebook_bits; }
     int       n_codebooks() const;
     bool      has_scales() const { return !p_.scales.empty(); }
-    const std::vector<float>& codebooks() const { return codebooks_; } // (n_codebooks, K, D), the stored f16 values
+    const std::vector<float>& codebooks() const { return codebooks_; } // (n_codebooks, K, D), the decoded f16 values
+    const std::vector<uint16_t>& codebooks_f16() const { return p_.codebooks; } // the same as f16 bits (GPU upload)
     void      decode_row(int o, float* dst) const; // row o (in), exactly as dequantize(); thread-safe
 
   private:

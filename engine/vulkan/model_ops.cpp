@@ -332,13 +332,16 @@ QWeights QWeights::upload(Device& dev, const std::vector<const Linear*>& linears
         std::vector<uint8_t>  codes;     // (rows, row_bytes)
         std::vector<uint16_t> codebooks; // (n_mats · codebooks, K, D)
         std::vector<uint16_t> scales;    // (rows)
-        for (const Linear* l : linears)
+        for (const Linear* l : linears) {
+            // The decoded f16 codebooks, whether stored in f16 or 8 bits (docs/FORMAT.md "vq").
+            const auto& cb16 = static_cast<const VqLinear*>(l)->codebooks_f16();
+            codebooks.insert(codebooks.end(), cb16.begin(), cb16.end());
             for (const PackedTensor& t : l->packed_tensors()) {
                 if (t.suffix == ".vq_codes") codes.insert(codes.end(), t.bytes.begin(), t.bytes.end());
                 auto* h = (const uint16_t*)t.bytes.data();
-                if (t.suffix == ".vq_codebooks") codebooks.insert(codebooks.end(), h, h + t.bytes.size() / 2);
                 if (t.suffix == ".vq_scales") scales.insert(scales.end(), h, h + t.bytes.size() / 2);
             }
+        }
         // Split by rows in whole codebook row blocks (R rows): a part's codebooks are its blocks of every matrix,
         // (n_mats, blocks, in / G, K, D), and qweight.glsl's codebook index holds within the part.
         const int      R = q.n_groups, n_cg = q.in / q.group, nb = (q.out + R - 1) / R;

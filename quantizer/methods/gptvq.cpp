@@ -308,6 +308,8 @@ void refine_codebooks(VqWeights& q, const std::vector<double>& Wt, const std::ve
             VqWeights t = q;
             for (size_t i = 0; i < t.codebooks.size(); ++i)
                 t.codebooks[i] = (float)f16_round(t.codebooks[i] + alpha * step[i]);
+            for (size_t c = 0; c < t.codebook_scales.size(); ++c) // 8-bit codebooks: back onto a (new) grid
+                t.codebook_scales[c] = f16_to_f32(vq_round_codebook_int8(t.codebooks.data() + c * KD, KD));
             std::vector<double> Et = residual(t);
             const double        e  = hessian_norm(Et, out, in, H);
             if (e < best) best = e, q = std::move(t), E = std::move(Et), improved = true;
@@ -361,6 +363,11 @@ VqWeights gptvq_quantize(const float* W, int out, int in, const std::vector<doub
                              std::to_string(q.codebooks.size()));
         q.codebooks = o.codebooks;
     }
+    if (o.codebook_bits != 8 && o.codebook_bits != 16)
+        throw InputError("gptvq: codebook bits must be 8 or 16, got " + std::to_string(o.codebook_bits));
+    if (o.codebook_bits == 8 && fixed) throw InputError("gptvq: given codebooks are f16; codebook bits must be 16");
+    q.codebook_bits = o.codebook_bits;
+    if (o.codebook_bits == 8) q.codebook_scales.assign(q.n_codebooks(), 0.0f);
     q.codes.assign((size_t)out * (n / D), 0);
 
     // The dead-zeroed target; row scales (f16 max |w|, 1 for a zero row) divide it for the sweep.
@@ -422,8 +429,10 @@ VqWeights gptvq_quantize(const float* W, int out, int in, const std::vector<doub
                             KmeansOptions ko = o.kmeans;
                             ko.seed          = o.kmeans.seed * 0x9E3779B97F4A7C15ull + (uint64_t)rb * ncg + i / G;
                             KmeansResult km  = weighted_kmeans(pts.data(), pw.data(), np, D, K, ko);
-                            float*       cb  = q.codebooks.data() + ((size_t)rb * ncg + i / G) * K * D;
+                            const size_t ci  = (size_t)rb * ncg + i / G;
+                            float*       cb  = q.codebooks.data() + ci * K * D;
                             for (int t = 0; t < K * D; ++t) cb[t] = (float)f16_round(km.centroids[t]);
+                            if (o.codebook_bits == 8) q.codebook_scales[ci] = f16_to_f32(vq_round_codebook_int8(cb, K * D));
                         }
                     }
                     // D columns jointly: nearest centroid under ‖L (w − c)‖², L = U_DD⁻ᵀ (lower triangular).

@@ -55,6 +55,9 @@ struct GptvqOptions {
     bool          row_scales     = false; // per-row f16 scale max|w_row|
     bool          error_feedback = true;  // false: no GPTQ compensation (ablation; codebooks still Hessian-weighted)
     int           refine_iters   = 0;     // least-squares codebook refinement steps after the sweep (K·D ≤ 256)
+    // 16: f16 centroids; 8: GPTVQ's codebook quantization, int8 centroids with one f16 scale per codebook, rounded
+    // (vq_round_codebook_int8) before any code is chosen, like the f16 rounding.
+    int           codebook_bits  = 16;
     // Given codebooks (n_codebooks, K, D), f16-exact, in the layout the options imply: the sweep only assigns codes
     // (codebooks shared with other matrices, e.g. KBVQ's across a layer's experts). Empty: fitted per group.
     std::vector<float> codebooks;

@@ -240,7 +240,8 @@ void KbvqLayer::quantize(LinearKind kind, const std::vector<const std::vector<do
     vo.dim        = opt_.vq_dim;
     vo.bits       = opt_.bits;
     vo.damp       = opt_.damp;
-    vo.group_size = opt_.vq_group_size > 0 ? opt_.vq_group_size : 128 * opt_.vq_dim * (1 << (opt_.bits * opt_.vq_dim));
+    vo.group_size = opt_.vq_weights_per_codebook();
+    vo.codebook_bits = opt_.vq_codebook_bits;
     const std::string owner = spec.linear_name(layer_, kind, 0);
     std::vector<KbvqPacked>         packs(E);
     std::vector<std::vector<float>> Res(E);
@@ -265,6 +266,7 @@ void KbvqLayer::quantize(LinearKind kind, const std::vector<const std::vector<do
         vo.dim        = kbvq_expert_dim(opt_, E, out, in);
         vo.group_cols = in; // one codebook for the whole group: R = out rows × G = in columns of every expert
         vo.group_size = out * in;
+        vo.codebook_bits = 16; // --codebook-bits is for per-matrix codebooks; one per layer and kind stays f16
         vo.codebooks  = shared_codebooks(Res, out, in, H, vo, opt_.damp);
         shared->codebooks = vo.codebooks;
     }

@@ -94,8 +94,9 @@ double idre_objective(const quant::IdreResult& r, const std::vector<std::vector<
 }
 
 // Layer 1 of the bundled model with its routed experts' down projections replaced by KBVQ (rank 2, random Hessians
-// per expert, a BCOS-like γ and β), written to dir/"kbvq".
-std::unique_ptr<Model> kbvq_model_written_to(const fs::path& dir, bool bias, bool shared_codebooks = false) {
+// per expert, a BCOS-like γ and β), written to dir/"kbvq". codebook_bits 8: the residuals' own codebooks in 8 bits.
+std::unique_ptr<Model> kbvq_model_written_to(const fs::path& dir, bool bias, bool shared_codebooks = false,
+                                             int codebook_bits = 16) {
     auto        m = Model::load(test::bundled_model());
     auto&       L = m->layer(1);
     const int   E = (int)L.experts.size();
@@ -109,8 +110,9 @@ std::unique_ptr<Model> kbvq_model_written_to(const fs::path& dir, bool bias, boo
     sh->basis        = idre.basis;
     const std::string owner = m->spec().linear_name(1, LinearKind::ExpertDown, 0);
     quant::GptvqOptions vo;
-    vo.kmeans.iters = 5;
-    vo.group_size   = 2048;
+    vo.kmeans.iters  = 5;
+    vo.group_size    = 2048;
+    vo.codebook_bits = codebook_bits;
     if (shared_codebooks) {
         // One D = 4 codebook for the group (fitted on the weights themselves; a test needs no residual), and γ = 1
         // as the quantizer leaves gate/up (and down without BCOS).
@@ -216,9 +218,12 @@ TEST(KbvqLinear, CheckpointRoundTripKeepsLogitsAndExport) {
     auto dir = test::scratch_dir("kbvq-ckpt");
     for (bool bias : {true, false}) {
         const fs::path d = dir / (bias ? "b" : "nb");
-        auto           m = kbvq_model_written_to(d, bias);
+        auto           m = kbvq_model_written_to(d, bias, false, bias ? 8 : 16);
         auto           q = Model::load(d / "kbvq");
-        ASSERT_NE(dynamic_cast<const KbvqLinear*>(q->layer(1).experts[5][2].get()), nullptr);
+        const auto*    k = dynamic_cast<const KbvqLinear*>(q->layer(1).experts[5][2].get());
+        ASSERT_NE(k, nullptr);
+        EXPECT_EQ(k->residual().codebook_bits(), bias ? 8 : 16);
+        EXPECT_EQ(k->storage_bytes(), m->layer(1).experts[5][2]->storage_bytes());
         for (int e : {0, 5})
             EXPECT_EQ(q->layer(1).experts[e][2]->dequantize(), m->layer(1).experts[e][2]->dequantize()) << e;
         const auto lq = logits_of(*q, k_ids);

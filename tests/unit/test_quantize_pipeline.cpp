@@ -146,6 +146,15 @@ TEST(QuantizePipeline, BadOptionsAreRejected) {
     EXPECT_THROW(validate_options(o, spec), InputError);
     o.group = 64;
     EXPECT_NO_THROW(validate_options(o, spec));
+    o.method           = "gptvq";
+    o.bits             = 2;
+    o.vq_codebook_bits = 4;
+    EXPECT_THROW(validate_options(o, spec), InputError);
+    o.vq_codebook_bits = 8;
+    EXPECT_NO_THROW(validate_options(o, spec));
+    EXPECT_EQ(o.vq_weights_per_codebook(), 64 * 2 * 16); // the 8-bit codebooks still cost 1/8 bit per weight
+    o.method = "kbvq";
+    EXPECT_NO_THROW(validate_options(o, spec));
 }
 
 TEST(QuantizePipeline, CancelAndWriteFailureLeaveNoCheckpoint) {

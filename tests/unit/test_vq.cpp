@@ -107,17 +107,19 @@ std::unique_ptr<Model> vq_model_written_to(const fs::path& dir) {
         LinearKind kind;
         int        expert, dim, bits, group_cols, group_size;
         bool       scales;
+        int        codebook_bits = 16;
     };
     const Repl repl[] = {{0, LinearKind::Q, -1, 2, 2, 128, 2048, false},
                          {1, LinearKind::ExpertDown, 3, 1, 3, 64, 512, true},
-                         {2, LinearKind::SharedUp, -1, 4, 2, 256, 4096, false}};
+                         {2, LinearKind::SharedUp, -1, 4, 2, 256, 4096, false},
+                         {3, LinearKind::ExpertUp, 2, 2, 3, 128, 8192, true, 8}};
     for (const auto& r : repl) {
         auto&     slot = m->layer(r.layer).slot(r.kind, r.expert);
         const int out = slot->out_features(), in = slot->in_features();
         auto      W = slot->dequantize();
         quant::GptvqOptions o;
         o.dim = r.dim, o.bits = r.bits, o.group_cols = r.group_cols, o.group_size = r.group_size;
-        o.row_scales = r.scales, o.kmeans.iters = 10;
+        o.row_scales = r.scales, o.kmeans.iters = 10, o.codebook_bits = r.codebook_bits;
         slot = std::make_unique<VqLinear>(quant::gptvq_quantize(W.data(), out, in, correlated_h(in, 512, 3), o));
     }
     quant::WriteOptions wo;
@@ -259,9 +261,11 @@ TEST(VqLinear, CheckpointRoundTripKeepsLogits) {
     auto q   = Model::load(dir / "vq");
     ASSERT_FALSE(q->spec().quantization.is_null());
     const auto& mods = q->spec().quantization["modules"];
-    EXPECT_EQ(mods.size(), 3u);
-    const std::tuple<int, LinearKind, int> where[] = {
-        {0, LinearKind::Q, -1}, {1, LinearKind::ExpertDown, 3}, {2, LinearKind::SharedUp, -1}};
+    EXPECT_EQ(mods.size(), 4u);
+    const std::tuple<int, LinearKind, int> where[] = {{0, LinearKind::Q, -1},
+                                                      {1, LinearKind::ExpertDown, 3},
+                                                      {2, LinearKind::SharedUp, -1},
+                                                      {3, LinearKind::ExpertUp, 2}};
     for (auto [il, kind, e] : where) {
         auto* a = dynamic_cast<const VqLinear*>(m->layer(il).slot(kind, e).get());
         auto* b = dynamic_cast<const VqLinear*>(q->layer(il).slot(kind, e).get());
@@ -270,6 +274,8 @@ TEST(VqLinear, CheckpointRoundTripKeepsLogits) {
         EXPECT_EQ(b->storage_bytes(), a->storage_bytes());
         EXPECT_EQ(b->dim(), a->dim());
         EXPECT_EQ(b->has_scales(), a->has_scales());
+        EXPECT_EQ(b->codebook_bits(), a->codebook_bits());
+        EXPECT_EQ(b->codebook_bits(), il == 3 ? 8 : 16);
     }
     EXPECT_EQ(mods[q->spec().linear_name(0, LinearKind::Q)],
               nlohmann::json::parse(m->layer(0).q->packed_config().dump()));
@@ -284,6 +290,18 @@ TEST(VqLinear, CheckpointRoundTripKeepsLogits) {
     ASSERT_NE(st->find(name + ".vq_codebooks"), nullptr);
     EXPECT_EQ(st->find(name + ".vq_codebooks")->shape, (std::vector<int64_t>{(256 / 16) * (256 / 128), 16, 2}));
     EXPECT_EQ(st->find(name + ".vq_scales"), nullptr);
+    EXPECT_EQ(st->find(name + ".vq_codebook_scales"), nullptr);
+    EXPECT_FALSE(mods[name].contains("codebook_bits")); // f16 codebooks keep the configs written before 8-bit ones
+    // 8-bit codebooks: int8 centroids (up 128 × 256, D 2, G 128, R 8192 / 128 = 64: 2 row blocks × 2 groups, K 64)
+    // and one f16 scale per codebook.
+    const std::string up = q->spec().linear_name(3, LinearKind::ExpertUp, 2);
+    EXPECT_EQ(mods[up]["codebook_bits"], 8);
+    ASSERT_NE(st->find(up + ".vq_codebooks"), nullptr);
+    EXPECT_EQ(st->find(up + ".vq_codebooks")->dtype, DType::I8);
+    EXPECT_EQ(st->find(up + ".vq_codebooks")->shape, (std::vector<int64_t>{4, 64, 2}));
+    ASSERT_NE(st->find(up + ".vq_codebook_scales"), nullptr);
+    EXPECT_EQ(st->find(up + ".vq_codebook_scales")->dtype, DType::F16);
+    EXPECT_EQ(st->find(up + ".vq_codebook_scales")->shape, (std::vector<int64_t>{4}));
 }
 
 TEST(VqLinear, LoaderRejectsInconsistentCheckpoints) {
@@ -326,11 +344,132 @@ TEST(VqLinear, LoaderRejectsInconsistentCheckpoints) {
         expect_load_error(d, {(d / "model.safetensors").string(), q0 + ".vq_codes", "I8"});
     }
     {
+        // 8-bit codebooks: a bad width, f16 codebooks asked of int8 ones, a missing scale tensor.
+        const std::string up = m->spec().linear_name(3, LinearKind::ExpertUp, 2);
+        auto              d  = fresh("cb-bits-bad");
+        edit_config(d, [&](auto& cfg) { cfg["quantization_config"]["modules"][up]["codebook_bits"] = 4; });
+        expect_load_error(d, {(d / "config.json").string(), up, "codebook_bits must be 8 or 16"});
+        d = fresh("cb-bits-absent");
+        edit_config(d, [&](auto& cfg) { cfg["quantization_config"]["modules"][up].erase("codebook_bits"); });
+        expect_load_error(d, {(d / "model.safetensors").string(), up + ".vq_codebooks", "I8", "F16"});
+        d = fresh("cb-bits-on-f16");
+        edit_config(d, [&](auto& cfg) { cfg["quantization_config"]["modules"][q0]["codebook_bits"] = 8; });
+        expect_load_error(d, {(d / "model.safetensors").string(), q0 + ".vq_codebooks", "I8", "F16"});
+    }
+    {
         auto d = fresh("scales-missing"); // asks for a .vq_scales tensor the file does not have
         edit_config(d, [&](auto& cfg) { cfg["quantization_config"]["modules"][q0]["scales"] = true; });
         EXPECT_THROW(Model::load(d), NotFoundError);
     }
     EXPECT_NO_THROW(Model::load(fresh("ok")));
+}
+
+TEST(VqLinear, EightBitCodebookGrid) {
+    std::mt19937                          rng(4);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    for (float range : {1e-3f, 0.07f, 3.0f}) {
+        std::vector<float> v(64), orig;
+        for (auto& x : v) x = f16r(range * u(rng));
+        orig = v;
+        std::vector<int8_t> q(v.size());
+        const uint16_t      s  = vq_round_codebook_int8(v.data(), v.size(), q.data());
+        const float         sf = f16_to_f32(s), mx = std::abs(*std::max_element(orig.begin(), orig.end(), [](float a, float b) {
+                                   return std::abs(a) < std::abs(b);
+                               }));
+        // The smallest f16 scale that reaches the largest magnitude with |q| ≤ 127.
+        EXPECT_GE(sf * 127.0f, mx) << range;
+        EXPECT_LT(f16_to_f32((uint16_t)(s - 1)) * 127.0f, mx) << range;
+        for (size_t i = 0; i < v.size(); ++i) {
+            EXPECT_GE(q[i], -127);
+            EXPECT_EQ(v[i], f16_to_f32(f32_to_f16(sf * (float)q[i]))) << i;
+            // Nearest grid point, up to the f16 rounding of the product.
+            EXPECT_LE(std::abs(v[i] - orig[i]), 0.5f * sf + std::abs(v[i]) * 0x1p-11f) << range << " " << i;
+        }
+    }
+    std::vector<float> zero(8, 0.0f);
+    EXPECT_EQ(vq_round_codebook_int8(zero.data(), zero.size()), 0);
+    for (float x : zero) EXPECT_EQ(x, 0.0f);
+}
+
+TEST(VqLinear, EightBitCodebooksPackDecodeAndCount) {
+    const auto&         mm = model_matrix();
+    quant::GptvqOptions o;
+    o.dim = 2, o.bits = 2, o.group_cols = 128, o.group_size = 2048, o.kmeans.iters = 10, o.row_scales = true;
+    o.codebook_bits = 8;
+    const VqWeights w = quant::gptvq_quantize(mm.W.data(), mm.out, mm.in, mm.H, o);
+    ASSERT_EQ(w.codebook_bits, 8);
+    ASSERT_EQ(w.codebook_scales.size(), (size_t)w.n_codebooks());
+    EXPECT_NO_THROW(w.validate());
+    check_parity(w, "8-bit codebooks");
+    VqLinear lin(w);
+    const VqWeights u = lin.unpack();
+    EXPECT_EQ(u.codebooks, w.codebooks);
+    EXPECT_EQ(u.codebook_scales, w.codebook_scales);
+    EXPECT_EQ(u.codes, w.codes);
+    // Storage: codes + K·D bytes and one f16 per codebook + f16 row scales.
+    const size_t ncb = w.n_codebooks(), kd = (size_t)w.k() * w.dim;
+    EXPECT_EQ(lin.storage_bytes(), (size_t)VqLinear::row_bytes(mm.in, 2, 2) * mm.out + ncb * kd + 2 * ncb + 2 * mm.out);
+    size_t cb_bytes = 0;
+    for (const auto& t : lin.packed_tensors()) {
+        if (t.suffix != ".vq_codebooks" && t.suffix != ".vq_codebook_scales") continue;
+        EXPECT_EQ(t.dtype, t.suffix == ".vq_codebooks" ? DType::I8 : DType::F16) << t.suffix;
+        cb_bytes += t.bytes.size();
+    }
+    EXPECT_EQ(cb_bytes, ncb * kd + 2 * ncb);
+    // f16 codebooks of the same layout: the int8 rounding costs little (one step ≤ 1/254 of the codebook's range).
+    o.codebook_bits = 16;
+    quant::GptvqReport r8, r16;
+    quant::gptvq_quantize(mm.W.data(), mm.out, mm.in, mm.H, o, &r16);
+    o.codebook_bits = 8;
+    quant::gptvq_quantize(mm.W.data(), mm.out, mm.in, mm.H, o, &r8);
+    EXPECT_LT(r8.rel_error, 1.05 * r16.rel_error);
+    EXPECT_LT(r8.bits_per_weight, r16.bits_per_weight);
+    // Refinement keeps the codebooks on (new) 8-bit grids.
+    o.refine_iters = 2;
+    const VqWeights rw = quant::gptvq_quantize(mm.W.data(), mm.out, mm.in, mm.H, o);
+    EXPECT_NO_THROW(rw.validate());
+}
+
+TEST(VqLinear, EightBitCodebooksRejected) {
+    auto ok = random_vq(4, 16, 2, 2, 8, 2, true, 1);
+    ok.codebook_bits = 8;
+    for (int c = 0; c < ok.n_codebooks(); ++c)
+        ok.codebook_scales.push_back(f16_to_f32(vq_round_codebook_int8(ok.codebooks.data() + c * 32, 32)));
+    EXPECT_NO_THROW(ok.validate());
+    auto bad = [&](const std::string& what, const std::function<void(VqWeights&)>& edit) {
+        auto w = ok;
+        edit(w);
+        EXPECT_THROW(VqLinear{w}, InputError) << what;
+    };
+    bad("codebook bits 4", [](auto& w) { w.codebook_bits = 4; });
+    bad("scales with f16 codebooks", [](auto& w) { w.codebook_bits = 16; });
+    bad("scale count", [](auto& w) { w.codebook_scales.pop_back(); });
+    bad("negative scale", [](auto& w) { w.codebook_scales[0] = -w.codebook_scales[0]; });
+    bad("off the grid", [](auto& w) { w.codebooks[3] = f16r(w.codebooks[3] + 0.3f * w.codebook_scales[0]); });
+    bad("beyond 127 steps", [](auto& w) { w.codebook_scales[1] = f16r(w.codebook_scales[1] / 4); });
+    // Checkpoint arrays.
+    VqPacked p;
+    p.dim = 2, p.bits = 2, p.group_cols = 8, p.rows_per_codebook = 2, p.codebook_bits = 8;
+    p.codes.assign(4 * VqLinear::row_bytes(16, 2, 2), 0);
+    p.codebooks_i8.assign(4 * 16 * 2, 5);
+    p.codebook_scales.assign(4, f32_to_f16(0.01f));
+    EXPECT_NO_THROW(VqLinear(16, 4, p));
+    EXPECT_EQ(VqLinear(16, 4, p).codebooks()[0], f16r(f16r(0.01f) * 5));
+    auto pb = p;
+    pb.codebooks_i8[7] = -128;
+    EXPECT_THROW(VqLinear(16, 4, pb), FormatError);
+    pb = p;
+    pb.codebook_scales.pop_back();
+    EXPECT_THROW(VqLinear(16, 4, pb), FormatError);
+    pb = p;
+    pb.codebook_scales[0] = 0x7c00; // inf
+    EXPECT_THROW(VqLinear(16, 4, pb), FormatError);
+    pb = p;
+    pb.codebooks.assign(4 * 16 * 2, 0); // both forms
+    EXPECT_THROW(VqLinear(16, 4, pb), FormatError);
+    pb = p;
+    pb.codebook_bits = 16;
+    EXPECT_THROW(VqLinear(16, 4, pb), FormatError);
 }
 
 // ---- k-means --------------------------------------------------------------------------------------------------------

@@ -41,12 +41,19 @@ std::unique_ptr<NbitLinear> random_nbit(int in, int out, int bits, int group, ui
 }
 
 // A VqLinear with random f16-exact codebooks and scales and random indices.
-std::unique_ptr<VqLinear> random_vq(int in, int out, int dim, int bits, int G, int R, bool scaled, uint32_t seed) {
+// codebook_bits 8: the codebooks rounded to their 8-bit grids.
+std::unique_ptr<VqLinear> random_vq(int in, int out, int dim, int bits, int G, int R, bool scaled, uint32_t seed,
+                                    int codebook_bits = 16) {
     std::mt19937 rng(seed);
     VqWeights    w;
     w.out = out, w.in = in, w.dim = dim, w.bits = bits, w.group_cols = G, w.rows_per_codebook = R;
     w.codebooks.resize((size_t)w.n_codebooks() * w.k() * dim);
     for (auto& c : w.codebooks) c = std::ldexp((float)((int)(rng() % 2048) - 1024), -10); // exact in f16
+    w.codebook_bits = codebook_bits;
+    if (codebook_bits == 8)
+        for (int c = 0; c < w.n_codebooks(); ++c)
+            w.codebook_scales.push_back(
+                f16_to_f32(vq_round_codebook_int8(w.codebooks.data() + (size_t)c * w.k() * dim, (size_t)w.k() * dim)));
     w.codes.resize((size_t)out * (in / dim));
     for (auto& c : w.codes) c = (uint16_t)(rng() % w.k());
     if (scaled) {
@@ -155,16 +162,20 @@ TEST(VulkanModelOps, VqLinearEveryMatrixAndExpertDispatch) {
     struct Case {
         int  dim, bits, G, R;
         bool scaled;
+        int  codebook_bits = 16;
     };
-    // D = 1, 2, 4; 3 index bits straddle words; R = 5 leaves a shorter last codebook block (out = 13).
-    for (Case c :
-         {Case{1, 3, 16, 4, true}, Case{2, 2, 32, 5, false}, Case{4, 2, 48, 13, true}, Case{2, 4, 96, 1, true}}) {
-        SCOPED_TRACE("D " + std::to_string(c.dim) + " bits " + std::to_string(c.bits));
+    // D = 1, 2, 4; 3 index bits straddle words; R = 5 leaves a shorter last codebook block (out = 13); 8-bit
+    // codebooks reach the device as the same decoded f16 values.
+    for (Case c : {Case{1, 3, 16, 4, true}, Case{2, 2, 32, 5, false}, Case{4, 2, 48, 13, true}, Case{2, 4, 96, 1, true},
+                   Case{2, 3, 32, 5, true, 8}}) {
+        SCOPED_TRACE("D " + std::to_string(c.dim) + " bits " + std::to_string(c.bits) + " codebook bits " +
+                     std::to_string(c.codebook_bits));
         const int in = 96, out = 13;
         std::vector<std::unique_ptr<VqLinear>> mats;
         std::vector<const Linear*>             ptrs;
         for (int m = 0; m < 3; ++m) {
-            mats.push_back(random_vq(in, out, c.dim, c.bits, c.G, c.R, c.scaled, 7 * m + c.dim));
+            mats.push_back(random_vq(in, out, c.dim, c.bits, c.G, c.R, c.scaled, 7 * m + c.dim, c.codebook_bits));
+            if (c.codebook_bits == 8) ASSERT_EQ(mats.back()->codebook_bits(), 8);
             ptrs.push_back(mats.back().get());
         }
         auto q = vk::QWeights::upload(*dev, ptrs, out);
