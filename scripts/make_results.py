@@ -40,6 +40,12 @@ CONFIGS = [
     ("GPTQ 3-bit g128, EBSS set", ["--method", "gptq", "--bits", "3"], "ebss"),
     ("GPTVQ 2-bit (D=2)", ["--method", "gptvq", "--bits", "2", "--vq-dim", "2"], "random"),
     ("GPTVQ 3-bit (D=2)", ["--method", "gptvq", "--bits", "3", "--vq-dim", "2"], "random"),
+    # GPTVQ's codebook quantization: int8 centroids, one f16 scale per codebook; the default group halves (2048
+    # weights at 2 bits), so the codebooks still cost 1/8 bit and there are twice as many.
+    ("GPTVQ 2-bit (D=2), 8-bit codebooks", ["--method", "gptvq", "--bits", "2", "--vq-dim", "2", "--codebook-bits", "8"],
+     "random"),
+    ("GPTVQ 3-bit (D=2), 8-bit codebooks", ["--method", "gptvq", "--bits", "3", "--vq-dim", "2", "--codebook-bits", "8"],
+     "random"),
     # KBVQ-MoE: IDRE (rank 1 at 2 bits, 2 at 3 bits: the largest that keeps within GPTVQ's storage, decided on a train
     # slice), the routed experts' residuals VQ-coded with one codebook per layer and kind shared by the experts (D = 4
     # at 2 bits, 2 at 3 bits: the automatic choice), and BCOS. Each ablation removes one component.
@@ -48,11 +54,16 @@ CONFIGS = [
     ("KBVQ 2-bit without BCOS", ["--method", "kbvq", "--bits", "2", "--rank", "1", "--no-bcos"], "random"),
     ("KBVQ 2-bit without shared codebooks (own D=2)",
      ["--method", "kbvq", "--bits", "2", "--rank", "1", "--no-shared-codebooks"], "random"),
+    # 8-bit codebooks for the per-matrix codebooks (attention, shared expert; the experts' shared ones stay f16).
+    ("KBVQ 2-bit (r=1), 8-bit codebooks", ["--method", "kbvq", "--bits", "2", "--rank", "1", "--codebook-bits", "8"],
+     "random"),
     ("KBVQ 3-bit (r=2, shared D=2 codebooks)", ["--method", "kbvq", "--bits", "3", "--rank", "2"], "random"),
     ("KBVQ 3-bit without IDRE", ["--method", "kbvq", "--bits", "3", "--no-idre"], "random"),
     ("KBVQ 3-bit without BCOS", ["--method", "kbvq", "--bits", "3", "--rank", "2", "--no-bcos"], "random"),
     ("KBVQ 3-bit without shared codebooks (own D=2)",
      ["--method", "kbvq", "--bits", "3", "--rank", "2", "--no-shared-codebooks"], "random"),
+    ("KBVQ 3-bit (r=2), 8-bit codebooks", ["--method", "kbvq", "--bits", "3", "--rank", "2", "--codebook-bits", "8"],
+     "random"),
     ("RTN 1-bit (sign, μ and α per 128 columns)", ["--method", "rtn", "--bits", "1"], None),
     ("BiLLM", ["--method", "billm"], "random"),
     ("ARB-X", ["--method", "arb-x"], "random"),
