@@ -64,6 +64,18 @@ CONFIGS = [
      ["--method", "kbvq", "--bits", "3", "--rank", "2", "--no-shared-codebooks"], "random"),
     ("KBVQ 3-bit (r=2), 8-bit codebooks", ["--method", "kbvq", "--bits", "3", "--rank", "2", "--codebook-bits", "8"],
      "random"),
+    # MoBiE's FP-stream targets (`--fp-target`: the linears outside the routed experts fitted to the FP model's
+    # outputs on the FP stream) given alike to GPTQ, GPTVQ and KBVQ.
+    ("GPTQ 2-bit g128 with FP-stream targets", ["--method", "gptq", "--bits", "2", "--fp-target"], "random"),
+    ("GPTVQ 2-bit (D=2) with FP-stream targets", ["--method", "gptvq", "--bits", "2", "--vq-dim", "2", "--fp-target"],
+     "random"),
+    ("KBVQ 2-bit (r=1) with FP-stream targets", ["--method", "kbvq", "--bits", "2", "--rank", "1", "--fp-target"],
+     "random"),
+    ("GPTQ 3-bit g128 with FP-stream targets", ["--method", "gptq", "--bits", "3", "--fp-target"], "random"),
+    ("GPTVQ 3-bit (D=2) with FP-stream targets", ["--method", "gptvq", "--bits", "3", "--vq-dim", "2", "--fp-target"],
+     "random"),
+    ("KBVQ 3-bit (r=2) with FP-stream targets", ["--method", "kbvq", "--bits", "3", "--rank", "2", "--fp-target"],
+     "random"),
     ("RTN 1-bit (sign, μ and α per 128 columns)", ["--method", "rtn", "--bits", "1"], None),
     ("BiLLM", ["--method", "billm"], "random"),
     ("ARB-X", ["--method", "arb-x"], "random"),
