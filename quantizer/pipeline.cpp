@@ -80,7 +80,7 @@ void validate_options(const QuantizeOptions& o, const ModelSpec& spec) {
 }
 
 nlohmann::ordered_json quantization_metadata(const QuantizeOptions& opt, const CalibrationSet& calib) {
-    return {{"method", opt.method},
+    nlohmann::ordered_json j = {{"method", opt.method},
             {"bits", opt.bits},
             {"group_size", opt.group},
             {"sym", opt.sym},
@@ -91,6 +91,9 @@ nlohmann::ordered_json quantization_metadata(const QuantizeOptions& opt, const C
               {"samples", calib.samples.size()},
               {"seqlen", calib.seqlen},
               {"seed", calib.seed}}}};
+    // Only when set, so checkpoints made without it keep their config byte for byte.
+    if (opt.fp_target_any) j["fp_target"] = true;
+    return j;
 }
 
 void QuantizeReport::add_stage_seconds(const std::string& stage, double wall, double cpu) {

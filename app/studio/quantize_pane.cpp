@@ -80,9 +80,20 @@ QuantizePane::QuantizePane(ModelLibrary* library, QWidget* parent) : QWidget(par
     attention_ = new QCheckBox(tr("quantize attention"));
     attention_->setChecked(true);
     attention_->setToolTip(tr("Also quantize q/k/v/o projections (routers always stay in source precision)."));
+    codebooks8_ = new QCheckBox(tr("8-bit codebooks"));
+    codebooks8_->setObjectName("codebooks8");
+    codebooks8_->setToolTip(tr("GPTVQ/KBVQ: int8 centroids with one scale per codebook, twice as many codebooks for the "
+                               "same storage (KBVQ's codebooks shared by a layer's experts stay 16-bit)."));
+    fpTarget_ = new QCheckBox(tr("FP-stream targets"));
+    fpTarget_->setObjectName("fpTarget");
+    fpTarget_->setToolTip(tr("Fit attention and the shared expert to the full-precision model's outputs instead of "
+                             "their own inputs' (MoBiE's FP-stream targets; MoBiE always uses them). One extra forward "
+                             "of the FP model; lower perplexity and routing shift at 2 bits on the bundled model."));
     nums->addWidget(sym_);
     nums->addWidget(actOrder_);
     nums->addWidget(attention_);
+    nums->addWidget(codebooks8_);
+    nums->addWidget(fpTarget_);
     nums->addStretch(1);
     form->addRow(tr("Options:"), nums);
     options_ = new CalibrationOptions;
@@ -127,6 +138,8 @@ void QuantizePane::syncMethod() {
     bits_->setEnabled(!binary);
     bits_->setMinimum(m == "rtn" ? 1 : 2);
     actOrder_->setEnabled(m == "gptq" || m == "agq");
+    codebooks8_->setEnabled(m == "gptvq" || m == "kbvq");
+    fpTarget_->setEnabled(m != "rtn" && m != "mobie"); // MoBiE has them built in
     options_->setEnabled(m != "rtn"); // RTN needs no calibration
     if (!outEdited_) out_->setText(suggestedOutput());
 }
@@ -169,6 +182,8 @@ void QuantizePane::runQuantization() {
     o.sym    = sym_->isChecked();
     o.act_order = actOrder_->isEnabled() && actOrder_->isChecked();
     o.quantize_attention = attention_->isChecked();
+    o.vq_codebook_bits   = codebooks8_->isEnabled() && codebooks8_->isChecked() ? 8 : 16;
+    o.fp_target_any      = fpTarget_->isEnabled() && fpTarget_->isChecked();
     if (o.method != "rtn")
         if (auto p = options_->problem(); !p.isEmpty()) return showError(this, tr("Calibration source"), p);
     req.calibration = options_->request();

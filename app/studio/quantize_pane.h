@@ -50,7 +50,7 @@ private:
     Job*                job_;
     QComboBox*          method_;
     QSpinBox *          bits_, *group_;
-    QCheckBox *         sym_, *actOrder_, *attention_;
+    QCheckBox *         sym_, *actOrder_, *attention_, *codebooks8_, *fpTarget_;
     CalibrationOptions* options_;
     QLineEdit*          out_;
     JobControls*        controls_;

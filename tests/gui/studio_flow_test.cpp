@@ -1,6 +1,7 @@
 // The Studio's main flow on the bundled model, through the real widgets: open → calibrate → utilisation heatmap →
 // quantize (RTN) → compare → chat. Every number the panes show is checked against the engine computed here
 // independently, and the UI thread's responsiveness is measured while the worker threads run.
+#include <QCheckBox>
 #include <QComboBox>
 #include <QDoubleSpinBox>
 #include <QFile>
@@ -14,6 +15,7 @@
 #include <QTabWidget>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "app/studio/bar_chart.h"
 #include "app/studio/calibration_options.h"
@@ -199,6 +201,47 @@ TEST(StudioFlow, GptqShowsLayerErrorsWhileRunning) {
         EXPECT_GT(qp->errorChart()->value(l), 0.0);
         EXPECT_DOUBLE_EQ(qp->errorChart()->value(l), qp->result()->layer_error[l]);
     }
+}
+
+// The VQ options reach the quantizer: 8-bit codebooks land in the checkpoint's vq modules, FP-stream targets in its
+// metadata; each box is enabled only for the methods it applies to.
+TEST(StudioFlow, VqOptionsReachTheCheckpoint) {
+    QTemporaryDir tmp;
+    MainWindow    w;
+    w.show();
+    ASSERT_TRUE(w.openModel(kModel));
+    auto* qp  = w.quantizePane();
+    auto* cb8 = qp->findChild<QCheckBox*>("codebooks8");
+    auto* fpt = qp->findChild<QCheckBox*>("fpTarget");
+    ASSERT_TRUE(cb8 && fpt);
+    const std::pair<const char*, std::pair<bool, bool>> enabled[] = {
+        {"rtn", {false, false}}, {"gptq", {false, true}}, {"gptvq", {true, true}}, {"kbvq", {true, true}},
+        {"mobie", {false, false}}, {"arb-rc", {false, true}}};
+    for (const auto& [m, e] : enabled) {
+        qp->setMethod(m);
+        EXPECT_EQ(cb8->isEnabled(), e.first) << m;
+        EXPECT_EQ(fpt->isEnabled(), e.second) << m;
+    }
+    qp->setMethod("gptvq");
+    qp->setBits(2);
+    cb8->setChecked(true);
+    fpt->setChecked(true);
+    qp->options()->setSamples(4);
+    qp->options()->setSeqlen(64);
+    qp->setOutput(tmp.filePath("gptvq2"));
+    qp->runQuantization();
+    ASSERT_TRUE(waitForJob(qp->job()));
+    ASSERT_NE(qp->result(), nullptr) << qp->controls()->statusText().toStdString();
+    EXPECT_NEAR(qp->result()->bits_per_weight, 2.1328, 1e-4); // 1/8 bit of codebooks + 16 bits per 2,048 weights
+    QFile f(tmp.filePath("gptvq2/config.json"));
+    ASSERT_TRUE(f.open(QIODevice::ReadOnly));
+    const auto cfg = nlohmann::json::parse(f.readAll().toStdString());
+    const auto& q  = cfg["quantization_config"];
+    EXPECT_EQ(q.value("fp_target", false), true);
+    int eight = 0;
+    for (const auto& [name, m] : q["modules"].items()) eight += m.value("codebook_bits", 16) == 8;
+    EXPECT_EQ(eight, (int)q["modules"].size());
+    EXPECT_GT(eight, 0);
 }
 
 TEST(StudioFlow, ChatStreamsOnCpu) {
