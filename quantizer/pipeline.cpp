@@ -59,6 +59,12 @@ void validate_options(const QuantizeOptions& o, const ModelSpec& spec) {
         if (o.vq_group_size < 0) throw InputError("--vq-group-size must be positive (0: automatic)");
         if (o.vq_codebook_bits != 8 && o.vq_codebook_bits != 16)
             throw InputError("--codebook-bits must be 8 or 16, got " + std::to_string(o.vq_codebook_bits));
+        if (o.vq_refine_iters < 0 || o.vq_refine_iters > 1000)
+            throw InputError("--vq-refine must be in 0..1000, got " + std::to_string(o.vq_refine_iters));
+        if (o.vq_refine_iters > 0 && o.bits * o.vq_dim <= 12 && (1 << (o.bits * o.vq_dim)) * o.vq_dim > 256)
+            throw InputError("--vq-refine solves a (K·D)² system per codebook and needs K·D ≤ 256; --bits " +
+                             std::to_string(o.bits) + " with --vq-dim " + std::to_string(o.vq_dim) + " gives " +
+                             std::to_string((1 << (o.bits * o.vq_dim)) * o.vq_dim));
         if (o.bits < 1 || o.bits * o.vq_dim > 12)
             throw InputError("--bits for " + o.method + " must be ≥ 1 with bits·vq-dim ≤ 12 (at most 4096 centroids), got " +
                              std::to_string(o.bits) + " with --vq-dim " + std::to_string(o.vq_dim));
@@ -213,6 +219,7 @@ struct LayerQuantizer {
             vo.damp       = opt.damp;
             vo.group_size = opt.vq_weights_per_codebook();
             vo.codebook_bits = opt.vq_codebook_bits;
+            vo.refine_iters  = opt.vq_refine_iters;
             GptvqReport vr;
             lin             = std::make_unique<VqLinear>(gptvq_quantize(W.data(), out, in, *H, vo, &vr));
             mr.rel_error    = vr.rel_error;
@@ -288,6 +295,7 @@ nlohmann::ordered_json fingerprint(const Model& model, const CalibrationSet& cal
             {"vq_dim", opt.vq_dim},
             {"vq_group_size", opt.vq_group_size},
             {"vq_codebook_bits", opt.vq_codebook_bits},
+            {"vq_refine_iters", opt.vq_refine_iters},
             {"kbvq", {opt.kbvq_rank, opt.idre, opt.bcos, opt.bcos_bias, opt.bcos_gamma, opt.kbvq_shared_codebooks,
                       opt.kbvq_dim}},
             {"mobie", {opt.mobie_core, opt.mobie_rank, opt.cejd, opt.cejd_refit, opt.cejd_all, opt.glas, opt.nges, opt.nges_weight,

@@ -28,6 +28,9 @@ struct QuantizeOptions {
     // in every per-matrix codebook (kbvq's shared codebooks, one per layer and kind, stay f16).
     int         vq_group_size    = 0;
     int         vq_codebook_bits = 16;
+    // gptvq, kbvq: GPTVQ's codebook refinement, least-squares steps on the per-matrix codebooks with the codes fixed
+    // (K·D ≤ 256; kbvq's shared codebooks are not refined). 0: off.
+    int         vq_refine_iters  = 0;
     int         vq_weights_per_codebook() const {
         return vq_group_size > 0 ? vq_group_size : 128 / (16 / vq_codebook_bits) * vq_dim * (1 << (bits * vq_dim));
     }

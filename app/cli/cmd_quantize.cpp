@@ -47,7 +47,7 @@ int cmd_quantize(const Argv& argv) {
                      "no-fp-target", "fp-target-experts", "fp-target", "no-shared-codebooks"},
               {"method", "bits", "group", "calib", "text", "samples", "seqlen", "seed", "out", "threads", "damp",
                "beam", "tau", "max-shard-size", "vq-dim", "vq-group-size", "rank", "core", "nges-weight", "fp-ridge",
-               "glas-samples", "expert-vq-dim", "codebook-bits"});
+               "glas-samples", "expert-vq-dim", "codebook-bits", "vq-refine"});
     apply_threads(args);
     auto dir = model_arg(args);
     auto out = args.get("out");
@@ -59,6 +59,7 @@ int cmd_quantize(const Argv& argv) {
     opt.vq_dim             = (int)args.get_int("vq-dim", 2, -1000, 1000);
     opt.vq_group_size      = (int)args.get_int("vq-group-size", 0, -1, 1 << 30);
     opt.vq_codebook_bits   = (int)args.get_int("codebook-bits", 16, -1000, 1000);
+    opt.vq_refine_iters    = (int)args.get_int("vq-refine", 0, -1000, 1000000);
     opt.kbvq_rank          = (int)args.get_int("rank", 4, -1000, 1 << 20);
     opt.idre               = !args.flag("no-idre");
     opt.bcos               = !args.flag("no-bcos");

@@ -38,7 +38,7 @@ const Command k_commands[] = {
      "           [--core billm|arb|arb-x|arb-rc] [--rank R] [--no-cejd] [--no-refit] [--cejd-all] [--no-glas] [--glas-samples N]\n"
      "           [--no-nges] [--nges-weight W] [--no-fp-target] [--fp-target-experts] [--fp-ridge R]   (mobie)\n"
      "           [--fp-target]   (other calibrated methods: MoBiE's FP-stream targets, for comparison)\n"
-     "           [--vq-group-size N] [--codebook-bits 16|8]   (gptvq, kbvq)  [--act-order] [--calib FILE | --ebss] [--samples N] [--seqlen L] [--seed S]\n"
+     "           [--vq-group-size N] [--codebook-bits 16|8] [--vq-refine N]   (gptvq, kbvq)  [--act-order] [--calib FILE | --ebss] [--samples N] [--seqlen L] [--seed S]\n"
      "           --out DIR [--force] [--resume] [--max-shard-size MB] [--json]   (rtn --bits 1: sign binarization; interrupted runs resume)"},
     {"export", moebius::cli::cmd_export,
      "export QMODEL --dequantized OUT [--dtype bf16|f16|f32] [--max-shard-size MB] [--force]   plain HF checkpoint"},

@@ -366,6 +366,7 @@ VqWeights gptvq_quantize(const float* W, int out, int in, const std::vector<doub
     if (o.codebook_bits != 8 && o.codebook_bits != 16)
         throw InputError("gptvq: codebook bits must be 8 or 16, got " + std::to_string(o.codebook_bits));
     if (o.codebook_bits == 8 && fixed) throw InputError("gptvq: given codebooks are f16; codebook bits must be 16");
+    if (o.refine_iters > 0 && fixed) throw InputError("gptvq: given codebooks are fixed; refinement would change them");
     q.codebook_bits = o.codebook_bits;
     if (o.codebook_bits == 8) q.codebook_scales.assign(q.n_codebooks(), 0.0f);
     q.codes.assign((size_t)out * (n / D), 0);

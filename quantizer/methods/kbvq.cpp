@@ -242,6 +242,7 @@ void KbvqLayer::quantize(LinearKind kind, const std::vector<const std::vector<do
     vo.damp       = opt_.damp;
     vo.group_size = opt_.vq_weights_per_codebook();
     vo.codebook_bits = opt_.vq_codebook_bits;
+    vo.refine_iters  = opt_.vq_refine_iters;
     const std::string owner = spec.linear_name(layer_, kind, 0);
     std::vector<KbvqPacked>         packs(E);
     std::vector<std::vector<float>> Res(E);
@@ -267,6 +268,7 @@ void KbvqLayer::quantize(LinearKind kind, const std::vector<const std::vector<do
         vo.group_cols = in; // one codebook for the whole group: R = out rows × G = in columns of every expert
         vo.group_size = out * in;
         vo.codebook_bits = 16; // --codebook-bits is for per-matrix codebooks; one per layer and kind stays f16
+        vo.refine_iters  = 0;  // and is fitted on all the experts, not refined for one
         vo.codebooks  = shared_codebooks(Res, out, in, H, vo, opt_.damp);
         shared->codebooks = vo.codebooks;
     }

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <random>
 
 #include "engine/core/error.h"
 #include "engine/core/tokenizer.h"
@@ -11,6 +12,7 @@
 #include "engine/cpu/model.h"
 #include "engine/cpu/nbit_linear.h"
 #include "engine/cpu/parallel.h"
+#include "engine/cpu/vq_linear.h"
 #include "engine/eval/perplexity.h"
 #include "quantizer/format/checkpoint_writer.h"
 #include "quantizer/pipeline.h"
@@ -153,7 +155,15 @@ TEST(QuantizePipeline, BadOptionsAreRejected) {
     o.vq_codebook_bits = 8;
     EXPECT_NO_THROW(validate_options(o, spec));
     EXPECT_EQ(o.vq_weights_per_codebook(), 64 * 2 * 16); // the 8-bit codebooks still cost 1/8 bit per weight
-    o.method = "kbvq";
+    o.vq_refine_iters = -1;
+    EXPECT_THROW(validate_options(o, spec), InputError);
+    o.vq_refine_iters = 5; // K·D = 32
+    EXPECT_NO_THROW(validate_options(o, spec));
+    o.bits = 4; // K·D = 512
+    EXPECT_THROW(validate_options(o, spec), InputError);
+    o.bits            = 2;
+    o.vq_refine_iters = 0;
+    o.method          = "kbvq";
     EXPECT_NO_THROW(validate_options(o, spec));
 }
 
@@ -363,6 +373,45 @@ TEST(QuantizePipeline, GptvqTwoBitBeatsRtnTwoBit) {
     RecordProperty("bits_gptvq2", std::to_string(8.0 * bv / n));
     EXPECT_TRUE(std::isfinite(pv));
     EXPECT_LT(pv, pr) << "gptvq " << pv << " (" << 8.0 * bv / n << " bits) vs rtn " << pr;
+}
+
+// --codebook-bits and --vq-refine reach GPTVQ through the pipeline (a random Mixtral-layout model, 64 wide: cheap):
+// every vq module holds 8-bit codebooks, and refining lowers the objective of layer 0's q/k/v (the only modules with the
+// same inputs in both runs: the rest see outputs of already-quantized modules) without raising any one's.
+TEST(QuantizePipeline, GptvqCodebookBitsAndRefinementReachTheQuantizer) {
+    std::vector<int32_t> ids(4096);
+    std::mt19937         rng(3);
+    for (auto& t : ids) t = (int32_t)(rng() % 512);
+    const CalibrationSet calib = random_windows(ids, 8, 64, 1, "random ids");
+    QuantizeOptions      opt;
+    opt.method           = "gptvq";
+    opt.bits             = 2;
+    opt.vq_codebook_bits = 8;
+    auto plain = Model::load(test::random_model("mixtral")), refined = Model::load(test::random_model("mixtral"));
+    const auto r0 = quantize_model(*plain, calib, opt);
+    opt.vq_refine_iters = 3;
+    const auto r1 = quantize_model(*refined, calib, opt);
+    int n_vq = 0;
+    for (int il = 0; il < refined->spec().n_layer; ++il)
+        refined->layer(il).for_each_linear([&](LinearKind, int, const std::unique_ptr<Linear>& l) {
+            if (const auto* v = dynamic_cast<const VqLinear*>(l.get())) {
+                ++n_vq;
+                EXPECT_EQ(v->codebook_bits(), 8);
+            }
+        });
+    EXPECT_EQ(n_vq, (int)r1.modules.size());
+    ASSERT_EQ(r0.modules.size(), r1.modules.size());
+    double e0 = 0, e1 = 0;
+    for (size_t i = 0; i < r0.modules.size(); ++i) {
+        const std::string& nm = r0.modules[i].name;
+        if (r0.modules[i].layer != 0 || (nm.find("q_proj") == nm.npos && nm.find("k_proj") == nm.npos &&
+                                         nm.find("v_proj") == nm.npos))
+            continue;
+        ASSERT_EQ(r0.modules[i].name, r1.modules[i].name);
+        EXPECT_LE(r1.modules[i].rel_error, r0.modules[i].rel_error * (1 + 1e-12)) << r0.modules[i].name;
+        e0 += r0.modules[i].rel_error, e1 += r1.modules[i].rel_error;
+    }
+    EXPECT_LT(e1, e0);
 }
 
 // The same calibration and options give the same checkpoint at any thread count (the forward's per-thread GEMM ranges

@@ -704,6 +704,14 @@ TEST(Gptvq, BadOptions) {
     expect_bad([](auto& o) { o.block = 3; });
     expect_bad([](auto& o) { o.damp = -1; });
     expect_bad([](auto& o) { o.refine_iters = 1, o.bits = 4, o.dim = 4; });
+    expect_bad([](auto& o) { o.codebook_bits = 12; });
+    // Given (shared) codebooks stay as given: neither refined nor re-gridded to 8 bits.
+    const std::vector<float> given(16 * 2, 0.5f); // one codebook: 8 rows × 32 columns, K 16, D 2
+    quant::GptvqOptions      og;
+    og.codebooks = given;
+    EXPECT_NO_THROW(quant::gptvq_quantize(W.data(), 8, 32, H, og));
+    expect_bad([&](auto& o) { o.codebooks = given, o.refine_iters = 1; });
+    expect_bad([&](auto& o) { o.codebooks = given, o.codebook_bits = 8; });
     auto W30 = random_w(4, 30, 1);
     quant::GptvqOptions o4;
     o4.dim = 4; // 4 does not divide 30
