@@ -61,13 +61,13 @@ void validate_options(const QuantizeOptions& o, const ModelSpec& spec) {
             throw InputError("--codebook-bits must be 8 or 16, got " + std::to_string(o.vq_codebook_bits));
         if (o.vq_refine_iters < 0 || o.vq_refine_iters > 1000)
             throw InputError("--vq-refine must be in 0..1000, got " + std::to_string(o.vq_refine_iters));
-        if (o.vq_refine_iters > 0 && o.bits * o.vq_dim <= 12 && (1 << (o.bits * o.vq_dim)) * o.vq_dim > 256)
-            throw InputError("--vq-refine solves a (K·D)² system per codebook and needs K·D ≤ 256; --bits " +
-                             std::to_string(o.bits) + " with --vq-dim " + std::to_string(o.vq_dim) + " gives " +
-                             std::to_string((1 << (o.bits * o.vq_dim)) * o.vq_dim));
         if (o.bits < 1 || o.bits * o.vq_dim > 12)
             throw InputError("--bits for " + o.method + " must be ≥ 1 with bits·vq-dim ≤ 12 (at most 4096 centroids), got " +
                              std::to_string(o.bits) + " with --vq-dim " + std::to_string(o.vq_dim));
+        if (o.vq_refine_iters > 0 && (1 << (o.bits * o.vq_dim)) * o.vq_dim > 256)
+            throw InputError("--vq-refine solves a (K·D)² system per codebook and needs K·D ≤ 256; --bits " +
+                             std::to_string(o.bits) + " with --vq-dim " + std::to_string(o.vq_dim) + " gives " +
+                             std::to_string((1 << (o.bits * o.vq_dim)) * o.vq_dim));
     } else if (!binary && (o.bits < (o.method == "rtn" ? 1 : 2) || o.bits > 8))
         throw InputError("--bits must be " + std::string(o.method == "rtn" ? "1" : "2") + "..8 for " + o.method +
                          ", got " + std::to_string(o.bits));
@@ -83,6 +83,17 @@ void validate_options(const QuantizeOptions& o, const ModelSpec& spec) {
                              std::to_string(in) + " of " + linear_kind_name(k));
     }
     if (o.damp < 0) throw InputError("--damp must not be negative");
+}
+
+GptvqOptions gptvq_options(const QuantizeOptions& o) {
+    GptvqOptions vo;
+    vo.dim           = o.vq_dim;
+    vo.bits          = o.bits;
+    vo.damp          = o.damp;
+    vo.codebook_bits = o.vq_codebook_bits;
+    vo.refine_iters  = o.vq_refine_iters;
+    vo.group_size    = o.vq_group_size > 0 ? o.vq_group_size : 8 * o.vq_codebook_bits * o.vq_dim * (1 << (o.bits * o.vq_dim));
+    return vo;
 }
 
 nlohmann::ordered_json quantization_metadata(const QuantizeOptions& opt, const CalibrationSet& calib) {
@@ -213,15 +224,8 @@ struct LayerQuantizer {
             mr.nominal_bits = 1 + br.salient_fraction;
         } else if (opt.method == "gptvq" || opt.method == "kbvq") { // kbvq: the linears outside routed experts
             MOEBIUS_ASSERT(H);
-            GptvqOptions vo;
-            vo.dim  = opt.vq_dim;
-            vo.bits       = opt.bits;
-            vo.damp       = opt.damp;
-            vo.group_size = opt.vq_weights_per_codebook();
-            vo.codebook_bits = opt.vq_codebook_bits;
-            vo.refine_iters  = opt.vq_refine_iters;
             GptvqReport vr;
-            lin             = std::make_unique<VqLinear>(gptvq_quantize(W.data(), out, in, *H, vo, &vr));
+            lin = std::make_unique<VqLinear>(gptvq_quantize(W.data(), out, in, *H, gptvq_options(opt), &vr));
             mr.rel_error    = vr.rel_error;
             mr.nominal_bits = opt.bits;
         } else if (opt.bits == 1) {

@@ -17,6 +17,8 @@
 
 namespace moebius::quant {
 
+struct GptvqOptions; // quantizer/methods/gptvq.h
+
 struct QuantizeOptions {
     std::string method = "gptq"; // rtn | gptq | agq | gptvq | billm | arb-x | arb-rc
     int         bits   = 4;      // uniform methods: 2..8 (rtn also 1: sign binarization); binary methods: ignored
@@ -31,9 +33,6 @@ struct QuantizeOptions {
     // gptvq, kbvq: GPTVQ's codebook refinement, least-squares steps on the per-matrix codebooks with the codes fixed
     // (K·D ≤ 256; kbvq's shared codebooks are not refined). 0: off.
     int         vq_refine_iters  = 0;
-    int         vq_weights_per_codebook() const {
-        return vq_group_size > 0 ? vq_group_size : 128 / (16 / vq_codebook_bits) * vq_dim * (1 << (bits * vq_dim));
-    }
     // kbvq (methods.md §2): routed experts get IDRE (a shared rank-kbvq_rank basis, 8-bit per-expert coefficients)
     // + GPTVQ of the residual + BCOS (per-layer channel affine of the experts' aggregate; bcos_bias adds β);
     // every other linear is GPTVQ-quantized with the same vq_dim / bits / vq_group_size.
@@ -141,6 +140,11 @@ private:
     std::chrono::steady_clock::time_point t0_;
     double                                cpu0_;
 };
+
+// GPTVQ's options for a linear quantized per matrix (gptvq, and kbvq outside the routed experts' shared codebooks):
+// D, bits, damping, codebook width and refinement from o; weights per codebook vq_group_size, or by default
+// 8·codebook_bits·K·D (the codebooks cost 1/8 bit per weight).
+GptvqOptions gptvq_options(const QuantizeOptions& o);
 
 // Known methods, for the CLI's validation and help.
 std::vector<std::string> quantize_methods();

@@ -85,7 +85,6 @@ void KbvqLinear::set_shared(std::shared_ptr<const KbvqShared> s) {
         if (vq_.codebook_bits() != 16) throw FormatError("kbvq linear: shared codebooks are stored in f16, not 8 bits");
     }
     shared_  = std::move(s);
-    codebooks16_ = to_f16(shared_->codebooks);
     basis16_ = to_f16(shared_->basis);
     // γ = 1 everywhere (gate/up, or BCOS off) is not stored: a reader takes a missing γ as ones.
     const bool unit_gamma = std::all_of(shared_->gamma.begin(), shared_->gamma.end(), [](float g) { return g == 1.0f; });
@@ -123,8 +122,10 @@ void KbvqLinear::forward(const float* x, int n, float* y) const {
 
 size_t KbvqLinear::storage_bytes() const {
     size_t b = vq_.storage_bytes() + p_.coef.size() + 2 * p_.coef_scales.size();
-    if (shared_codebooks()) b -= 2 * codebooks16_.size(); // stored once, with the owner
-    if (p_.is_owner) b += 2 * (basis16_.size() + gamma16_.size() + beta16_.size() + codebooks16_.size());
+    // Shared codebooks (the residual's own, f16) are stored once, with the owner.
+    const size_t cb = shared_codebooks() ? vq_.codebooks_f16().size() : 0;
+    b -= 2 * cb;
+    if (p_.is_owner) b += 2 * (basis16_.size() + gamma16_.size() + beta16_.size() + cb);
     return b;
 }
 
@@ -141,7 +142,7 @@ std::vector<PackedTensor> KbvqLinear::packed_tensors() const {
         if (!gamma16_.empty()) t.push_back({".kbvq_gamma", DType::F16, {out_}, bytes(gamma16_)});
         if (!beta16_.empty()) t.push_back({".kbvq_beta", DType::F16, {out_}, bytes(beta16_)});
         if (shared_codebooks())
-            t.push_back({".kbvq_codebooks", DType::F16, {vq_.n_codebooks(), vq_.k(), vq_.dim()}, bytes(codebooks16_)});
+            t.push_back({".kbvq_codebooks", DType::F16, {vq_.n_codebooks(), vq_.k(), vq_.dim()}, bytes(vq_.codebooks_f16())});
     }
     return t;
 }

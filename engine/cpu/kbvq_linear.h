@@ -71,7 +71,7 @@ class KbvqLinear final : public Linear {
     VqLinear                          vq_;
     std::vector<float>                coef_; // (rank, in) dequantized f32
     std::shared_ptr<const KbvqShared> shared_;
-    std::vector<uint16_t>             basis16_, gamma16_, beta16_, codebooks16_; // owner's tensors as stored
+    std::vector<uint16_t>             basis16_, gamma16_, beta16_; // owner's tensors as stored (shared codebooks: vq_'s)
 };
 
 } // namespace moebius

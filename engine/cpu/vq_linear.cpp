@@ -269,14 +269,14 @@ VqLinear::VqLinear(int in_features, int out_features, VqPacked p) : Linear(in_fe
                           std::to_string(n_codebooks()) + " codebooks");
     p_.codes.resize(p_.codes.size() + kSlack, 0);
     if (i8) {
-        const size_t n = ncb / n_codebooks();
-        for (size_t i = 0; i < ncb; ++i) {
-            const uint16_t s = p_.codebook_scales[i / n];
+        for (uint16_t s : p_.codebook_scales)
             if ((s & 0x7c00) == 0x7c00 || (s & 0x8000))
                 throw FormatError("vq linear: codebook scale " + std::to_string(f16_to_f32(s)) +
                                   " is not a finite non-negative f16 value");
+        const size_t n = ncb / n_codebooks();
+        for (size_t i = 0; i < ncb; ++i) {
             if (p_.codebooks_i8[i] == -128) throw FormatError("vq linear: 8-bit centroid -128 (the range is ±127)");
-            p_.codebooks.push_back(f32_to_f16(vq_int8_centroid(s, p_.codebooks_i8[i])));
+            p_.codebooks.push_back(f32_to_f16(vq_int8_centroid(p_.codebook_scales[i / n], p_.codebooks_i8[i])));
         }
     }
     codebooks_.resize(ncb);

@@ -255,13 +255,6 @@ KmeansResult weighted_kmeans(const double* x, const double* w, int n, int dim, i
 
 namespace {
 
-// Σ_rows e_rᵀ H e_r for E (out, in) row-major f64, H (in, in).
-double hessian_norm(const std::vector<double>& E, int out, int in, const std::vector<double>& H) {
-    using RowMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-    Eigen::Map<const RowMat> e(E.data(), out, in), h(H.data(), in, in);
-    return ((e * h).cwiseProduct(e)).sum();
-}
-
 // Least-squares codebook refinement with fixed codes (see gptvq.h). Wt (out, in) the dead-zeroed target.
 void refine_codebooks(VqWeights& q, const std::vector<double>& Wt, const std::vector<double>& H, int iters) {
     const int out = q.out, in = q.in, D = q.dim, K = q.k(), G = q.group_cols, R = q.rows_per_codebook;

@@ -83,4 +83,10 @@ PreparedHessian prepare_hessian(const std::vector<double>& H, int n, const std::
     return p;
 }
 
+double hessian_norm(const std::vector<double>& E, int out, int in, const std::vector<double>& H) {
+    using RowMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    Eigen::Map<const RowMat> e(E.data(), out, in), h(H.data(), in, in);
+    return ((e * h).cwiseProduct(e)).sum();
+}
+
 } // namespace moebius::quant

@@ -26,4 +26,7 @@ std::vector<char> dead_columns(const std::vector<double>& H, int n);
 PreparedHessian prepare_hessian(const std::vector<double>& H, int n, const std::vector<char>& dead, double damp,
                                 const std::vector<int>* perm, int threads, const std::string& who);
 
+// Σ_rows e_rᵀ H e_r for E (out, in) row-major, H (in, in): the output error ‖E X‖² when H = Σ x xᵀ.
+double hessian_norm(const std::vector<double>& E, int out, int in, const std::vector<double>& H);
+
 } // namespace moebius::quant

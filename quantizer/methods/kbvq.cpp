@@ -24,11 +24,6 @@ float f16r(double v) { return f16_to_f32(f32_to_f16((float)v)); }
 // GPTVQ zeroes dead columns' weights (weight 0 there anyway): the same value here.
 double dead_or(float w, double weight) { return weight > 0 ? (double)w : 0.0; }
 
-// Σ_rows e_rᵀ H e_r for E (out, in) row-major, H (in, in).
-double hessian_norm(const std::vector<double>& E, int out, int in, const std::vector<double>& H) {
-    Eigen::Map<const RowMat> e(E.data(), out, in), h(H.data(), in, in);
-    return ((e * h).cwiseProduct(e)).sum();
-}
 
 } // namespace
 
@@ -236,13 +231,7 @@ void KbvqLayer::quantize(LinearKind kind, const std::vector<const std::vector<do
     shared->basis = idre.basis;
     shared->gamma.assign(out, 1.0f);
 
-    GptvqOptions vo;
-    vo.dim        = opt_.vq_dim;
-    vo.bits       = opt_.bits;
-    vo.damp       = opt_.damp;
-    vo.group_size = opt_.vq_weights_per_codebook();
-    vo.codebook_bits = opt_.vq_codebook_bits;
-    vo.refine_iters  = opt_.vq_refine_iters;
+    GptvqOptions vo = gptvq_options(opt_);
     const std::string owner = spec.linear_name(layer_, kind, 0);
     std::vector<KbvqPacked>         packs(E);
     std::vector<std::vector<float>> Res(E);

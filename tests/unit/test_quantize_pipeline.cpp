@@ -15,6 +15,7 @@
 #include "engine/cpu/vq_linear.h"
 #include "engine/eval/perplexity.h"
 #include "quantizer/format/checkpoint_writer.h"
+#include "quantizer/methods/gptvq.h"
 #include "quantizer/pipeline.h"
 #include "test_util.h"
 
@@ -154,7 +155,10 @@ TEST(QuantizePipeline, BadOptionsAreRejected) {
     EXPECT_THROW(validate_options(o, spec), InputError);
     o.vq_codebook_bits = 8;
     EXPECT_NO_THROW(validate_options(o, spec));
-    EXPECT_EQ(o.vq_weights_per_codebook(), 64 * 2 * 16); // the 8-bit codebooks still cost 1/8 bit per weight
+    EXPECT_EQ(gptvq_options(o).group_size, 64 * 2 * 16); // the 8-bit codebooks still cost 1/8 bit per weight
+    o.vq_codebook_bits = 16;
+    EXPECT_EQ(gptvq_options(o).group_size, 4096); // GPTVQ's released 2-bit D = 2 setting
+    o.vq_codebook_bits = 8;
     o.vq_refine_iters = -1;
     EXPECT_THROW(validate_options(o, spec), InputError);
     o.vq_refine_iters = 5; // K·D = 32

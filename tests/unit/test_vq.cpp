@@ -53,6 +53,13 @@ VqWeights random_vq(int out, int in, int dim, int bits, int G, int R, bool scale
 
 std::vector<float> random_x(int n, int in, uint32_t seed) { return random_w(n, in, seed); }
 
+// ok edited by edit must be refused by VqLinear's validating constructor.
+void expect_rejected(const VqWeights& ok, const std::string& what, const std::function<void(VqWeights&)>& edit) {
+    auto w = ok;
+    edit(w);
+    EXPECT_THROW(VqLinear{w}, InputError) << what;
+}
+
 void check_parity(const VqWeights& w, const std::string& what) {
     VqLinear lin(w);
     auto     deq = lin.dequantize();
@@ -224,11 +231,7 @@ TEST(VqLinear, StorageMatchesTheWorkedExampleOfFormatMd) {
 TEST(VqLinear, ValidateRejects) {
     auto ok = random_vq(4, 16, 2, 2, 8, 2, true, 1);
     EXPECT_NO_THROW(ok.validate());
-    auto bad = [&](const std::string& what, const std::function<void(VqWeights&)>& edit) {
-        auto w = ok;
-        edit(w);
-        EXPECT_THROW(VqLinear{w}, InputError) << what;
-    };
+    auto bad = [&](const std::string& what, const std::function<void(VqWeights&)>& edit) { expect_rejected(ok, what, edit); };
     bad("dim 3", [](auto& w) { w.dim = 3; });
     bad("bits 9 dim 2", [](auto& w) { w.bits = 9; });
     bad("G not dividing in", [](auto& w) { w.group_cols = 6; });
@@ -436,11 +439,7 @@ TEST(VqLinear, EightBitCodebooksRejected) {
     for (int c = 0; c < ok.n_codebooks(); ++c)
         ok.codebook_scales.push_back(f16_to_f32(vq_round_codebook_int8(ok.codebooks.data() + c * 32, 32)));
     EXPECT_NO_THROW(ok.validate());
-    auto bad = [&](const std::string& what, const std::function<void(VqWeights&)>& edit) {
-        auto w = ok;
-        edit(w);
-        EXPECT_THROW(VqLinear{w}, InputError) << what;
-    };
+    auto bad = [&](const std::string& what, const std::function<void(VqWeights&)>& edit) { expect_rejected(ok, what, edit); };
     bad("codebook bits 4", [](auto& w) { w.codebook_bits = 4; });
     bad("scales with f16 codebooks", [](auto& w) { w.codebook_bits = 16; });
     bad("scale count", [](auto& w) { w.codebook_scales.pop_back(); });
