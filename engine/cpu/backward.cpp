@@ -531,15 +531,8 @@ double head_backward(const Ctx& c, std::span<const int32_t> tokens, const float*
         head.forward(xn.data() + (int64_t)t0 * H, m, dlogits.data());
 #pragma omp parallel for schedule(static) if ((int64_t)m * V > 32768)
         for (int r = 0; r < m; ++r) {
-            float*    l      = dlogits.data() + (int64_t)r * V;
-            const int target = tokens[t0 + r + 1];
-            float     mx     = l[0];
-            for (int v = 1; v < V; ++v) mx = std::max(mx, l[v]);
-            double sum = 0;
-            for (int v = 0; v < V; ++v) sum += std::exp((double)l[v] - mx);
-            const double lse = mx + std::log(sum);
-            row_loss[t0 + r] = lse - l[target];
-            for (int v = 0; v < V; ++v) l[v] = (float)((std::exp((double)l[v] - lse) - (v == target)) / N);
+            row_loss[t0 + r] =
+                cpu::cross_entropy_backward(dlogits.data() + (int64_t)r * V, V, tokens[t0 + r + 1], 1.0f / N);
         }
         if (gW) cpu::matmul_tn_acc(dlogits.data(), m, V, xn.data() + (int64_t)t0 * H, H, gW);
         cpu::matmul_nn(dlogits.data(), m, V, W.data(), H, dxn.data() + (int64_t)t0 * H, false);

@@ -2,6 +2,7 @@
 
 #include "engine/cpu/gemm.h"
 #include "engine/cpu/ops.h"
+#include "engine/cpu/packet_map.h"
 
 #include <algorithm>
 #include <cmath>
@@ -102,13 +103,33 @@ void rope_backward(float* dx, int n, int n_heads, int head_dim, int stride, cons
     }
 }
 
+using namespace simd;
+
 void silu_mul_backward(const float* g, const float* u, const float* dh, int64_t count, float* dg, float* du) {
-    for (int64_t i = 0; i < count; ++i) {
-        const float sg   = 1.0f / (1.0f + std::exp(-g[i]));
-        const float silu = g[i] * sg;
-        dg[i]            = dh[i] * u[i] * (sg * (1.0f + g[i] * (1.0f - sg)));
-        du[i]            = dh[i] * silu;
-    }
+    const Packet one = ei::pset1<Packet>(1.0f);
+    packet_map<3, 2>({g, u, dh}, {dg, du}, count, 0.f, [&](const Packet* x, Packet* y) {
+        const Packet sg   = ei::pdiv(one, ei::padd(one, ei::pexp(ei::pnegate(x[0])))); // σ(g)
+        const Packet dsil = ei::pmul(sg, ei::padd(one, ei::pmul(x[0], ei::psub(one, sg)))); // silu'(g)
+        y[0]              = ei::pmul(ei::pmul(x[2], x[1]), dsil);
+        y[1]              = ei::pmul(x[2], ei::pmul(x[0], sg));
+    });
+}
+
+double cross_entropy_backward(float* logits, int V, int target, float scale) {
+    const float lt = logits[target];
+    float       mx = logits[0];
+    for (int v = 1; v < V; ++v) mx = std::max(mx, logits[v]);
+    // e_v = exp(l_v − max) in place, summed in f64 a packet at a time (exp(−inf) pads the tail with zeros).
+    const Packet pm = ei::pset1<Packet>(mx);
+    float*       l  = logits;
+    packet_map<1, 1>({l}, {l}, V, -INFINITY, [&](const Packet* x, Packet* y) { y[0] = ei::pexp(ei::psub(x[0], pm)); });
+    double sum = 0;
+    for (int v = 0; v < V; ++v) sum += l[v];
+    const double loss = (double)mx + std::log(sum) - lt; // log-sum-exp − l_target
+    const float  k    = (float)(scale / sum);
+    for (int v = 0; v < V; ++v) l[v] *= k;
+    l[target] -= scale;
+    return loss;
 }
 
 void attention_backward_reference(const float* q, const float* k, const float* v, const float* o, const float* d_o,

@@ -22,6 +22,9 @@ void rmsnorm_backward(const float* x, int n, int d, const float* w, float eps, c
 void rope_backward(float* dx, int n, int n_heads, int head_dim, int stride, const int32_t* pos, const float* inv_freq);
 // Backward of h = silu(g) ⊙ u over count elements: dg = dh ⊙ u ⊙ silu'(g), du = dh ⊙ silu(g).
 void silu_mul_backward(const float* g, const float* u, const float* dh, int64_t count, float* dg, float* du);
+// Cross-entropy of one row of logits (V) against `target`: returns log Σ_v exp(l_v) − l_target (f64 sum of f32
+// exponentials) and overwrites the logits with scale · (softmax(l) − onehot(target)), the loss's gradient times scale.
+double cross_entropy_backward(float* logits, int V, int target, float scale);
 
 // Backward of causal softmax attention over n tokens at positions 0..n-1 with GQA (q-head h reads kv-head
 // h / (n_head / n_head_kv)) and scale 1/sqrt(head_dim). q (n, n_head·hd), k and v (n, n_head_kv·hd) as the scores and
