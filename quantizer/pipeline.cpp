@@ -533,14 +533,13 @@ QuantizeReport quantize_model(Model& model, const CalibrationSet& calib, const Q
     if (!opt.work_dir.empty()) saved = std::make_unique<LayerCheckpoints>(opt.work_dir, fingerprint(model, calib, opt), opt.resume);
     const int resumed = saved ? saved->saved_layers() : 0;
 
-    // MoBiE's GLAS: loss gradients of the FP model on the calibration set, before any layer is replaced (the backward
-    // pass needs every layer resident).
+    // MoBiE's GLAS: loss gradients of the FP model on the calibration set, before any layer is replaced (every layer
+    // resident in f32 when they fit in k_gradient_resident_bytes, else one at a time: collect_gradient_stats).
     const bool want_fps = (opt.method == "mobie" || opt.fp_target_any) && (opt.fp_target || opt.fp_target_experts) && resumed < L;
     std::unique_ptr<GradientStats> grads;
     std::unique_ptr<FpStream>      fps;
     if (opt.method == "mobie" && opt.glas && resumed < L) {
         StageTimer timer(rep, "glas");
-        for (int il = 0; il < L; ++il) model.load_layer(il);
         const CalibrationSet gcal = glas_subset(calib, opt.glas_samples);
         // GLAS's forward is the FP model on the calibration set, i.e. the FP stream: it records the stream's inputs
         // when it covers every sequence and they fit in k_fp_stream_bytes (else the stream runs its own forward).

@@ -3,6 +3,7 @@
 #include "engine/core/error.h"
 #include "engine/cpu/backward_ops.h"
 #include "engine/cpu/ops.h"
+#include "engine/cpu/parallel.h"
 
 #include <algorithm>
 #include <array>
@@ -544,14 +545,27 @@ double head_backward(const Ctx& c, std::span<const int32_t> tokens, const float*
     return loss / N;
 }
 
+// routed_experts_only without weight gradients: nothing is wanted below the lowest MoE layer's experts (that layer;
+// n_layer if none is MoE). -1: the backward goes all the way down.
+int lowest_layer(const Model& model, const GradientOptions& opt) {
+    if (!opt.routed_experts_only || opt.weight_grads) return -1;
+    const ModelSpec& s = model.spec();
+    for (int il = 0; il < s.n_layer; ++il)
+        if (s.layer_is_moe[il]) return il;
+    return s.n_layer;
+}
+
+void check_sequence(const ModelSpec& spec, size_t n) {
+    if (n < 2) throw InputError("the next-token loss needs at least 2 tokens, got " + std::to_string(n));
+    if (n > (size_t)INT_MAX / std::max(1, spec.n_embd))
+        throw InputError("sequence of " + std::to_string(n) + " tokens is too long");
+}
+
 } // namespace
 
 Gradients loss_and_gradients(const Model& model, std::span<const int32_t> tokens, const GradientOptions& opt) {
     const ModelSpec& spec = model.spec();
-    if (tokens.size() < 2)
-        throw InputError("the next-token loss needs at least 2 tokens, got " + std::to_string(tokens.size()));
-    if (tokens.size() > (size_t)INT_MAX / std::max(1, spec.n_embd))
-        throw InputError("sequence of " + std::to_string(tokens.size()) + " tokens is too long");
+    check_sequence(spec, tokens.size());
     const int n = (int)tokens.size(), H = spec.n_embd, nl = spec.n_layer;
 
     Gradients G;
@@ -576,16 +590,7 @@ Gradients loss_and_gradients(const Model& model, std::span<const int32_t> tokens
     G.loss = head_backward(c, tokens, xs[nl].data(), dx.data());
     std::vector<float>().swap(xs[nl]);
 
-    // routed_experts_only without weight gradients: nothing is wanted below the lowest MoE layer's experts.
-    int lowest = -1;
-    if (opt.routed_experts_only && !opt.weight_grads) {
-        lowest = nl;
-        for (int il = 0; il < nl; ++il)
-            if (model.layer(il).is_moe) {
-                lowest = il;
-                break;
-            }
-    }
+    const int lowest = lowest_layer(model, opt);
     for (int il = nl - 1; il >= std::max(lowest, 0); --il) {
         LayerActs& A = keep ? acts[il] : acts[0];
         if (!keep) {
@@ -601,6 +606,93 @@ Gradients loss_and_gradients(const Model& model, std::span<const int32_t> tokens
     if (float* ge = opt.weight_grads ? c.grad(spec.embed_name()) : nullptr)
         for (int t = 0; t < n; ++t) add_rows(dx.data() + (int64_t)t * H, H, ge + (int64_t)tokens[t] * H);
     return G;
+}
+
+std::vector<double> layerwise_losses_and_events(Model& model, std::span<const std::vector<int32_t>> sequences,
+                                                const SequenceGradientOptions& sopt, int threads,
+                                                const ProgressFn& progress) {
+    const ModelSpec& spec = model.spec();
+    const int        N = (int)sequences.size(), H = spec.n_embd, nl = spec.n_layer;
+    const int        T = threads > 0 ? threads : num_threads();
+    for (const auto& seq : sequences) check_sequence(spec, seq.size());
+
+    // Per sequence: the options loss_and_gradients would get (events tagged with the sequence), a context, and each
+    // layer's input residual xs[s][l] (n, H), l = 0..n_layer.
+    std::vector<GradientOptions>                 opts(N);
+    std::vector<Gradients>                       G(N);
+    std::vector<std::unique_ptr<Ctx>>            ctx(N);
+    std::vector<std::vector<std::vector<float>>> xs(N, std::vector<std::vector<float>>(nl + 1));
+    for (int s = 0; s < N; ++s) {
+        const int n               = (int)sequences[s].size();
+        opts[s].weight_grads        = false;
+        opts[s].routed_experts_only = sopt.routed_experts_only;
+        if (sopt.on_linear_grad) opts[s].on_linear_grad = [&sopt, s](const LinearGradEvent& e) { sopt.on_linear_grad(s, e); };
+        ctx[s] = std::make_unique<Ctx>(Ctx{model, spec, n, opts[s], G[s], std::vector<int>(n)});
+        std::iota(ctx[s]->positions.begin(), ctx[s]->positions.end(), 0);
+        xs[s][0].resize((size_t)n * H);
+        model.embed(sequences[s].data(), n, xs[s][0].data());
+        G[s].n_predictions = n - 1;
+    }
+    // Every sequence of a layer, one per thread (each single-threaded inside, as collect_gradient_stats runs them):
+    // the first exception is rethrown after the region.
+    auto each_sequence = [&](const auto& fn) {
+        std::exception_ptr failure;
+#pragma omp parallel for schedule(static, 1) num_threads(T)
+        for (int s = 0; s < N; ++s) {
+            try {
+                fn(s);
+            } catch (...) {
+#pragma omp critical(moebius_layerwise_failure)
+                if (!failure) failure = std::current_exception();
+            }
+        }
+        if (failure) std::rethrow_exception(failure);
+    };
+    const int lowest = lowest_layer(model, opts.empty() ? GradientOptions{} : opts[0]);
+    const int bottom = std::max(lowest, 0);
+    const int steps  = nl + (nl - bottom) + 1;
+    int       step   = 0;
+    auto      report = [&](const std::string& what) { report_progress(progress, (double)step++ / steps, what); };
+    std::vector<bool> resident(nl);
+    for (int il = 0; il < nl; ++il) resident[il] = model.layer_loaded(il);
+    auto release = [&](int il) {
+        if (!resident[il]) model.release_layer(il);
+    };
+
+    for (int il = 0; il < nl; ++il) {
+        report("forward: layer " + std::to_string(il + 1) + "/" + std::to_string(nl));
+        model.load_layer(il);
+        each_sequence([&](int s) {
+            xs[s][il + 1] = xs[s][il];
+            Hooks observer;
+            if (sopt.forward_hooks) observer = sopt.forward_hooks(s);
+            model.forward_layer(il, xs[s][il + 1].data(), ctx[s]->n, nullptr, sopt.forward_hooks ? &observer : nullptr);
+        });
+        // Read again by the backward; the top layer is its first, so it stays.
+        if (il < nl - 1 || il < bottom) release(il);
+    }
+    report("loss");
+    std::vector<double>             loss(N);
+    std::vector<std::vector<float>> dx(N);
+    each_sequence([&](int s) {
+        dx[s].resize((size_t)ctx[s]->n * H);
+        loss[s] = head_backward(*ctx[s], sequences[s], xs[s][nl].data(), dx[s].data());
+        std::vector<float>().swap(xs[s][nl]);
+    });
+    for (int il = nl - 1; il >= bottom; --il) {
+        report("backward: layer " + std::to_string(il + 1) + "/" + std::to_string(nl));
+        model.load_layer(il);
+        each_sequence([&](int s) {
+            LayerActs          A;
+            std::vector<float> h = xs[s][il]; // (n, H): recorded again from the layer's input, as loss_and_gradients
+            record_layer(*ctx[s], il, h.data(), A); // does when the activations do not fit
+            layer_backward(*ctx[s], il, xs[s][il].data(), dx[s].data(), A, il == lowest);
+            std::vector<float>().swap(xs[s][il]);
+        });
+        release(il);
+        if (sopt.on_layer_done) sopt.on_layer_done(il);
+    }
+    return loss;
 }
 
 } // namespace moebius

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/core/progress.h"
 #include "engine/cpu/model.h"
 
 namespace moebius {
@@ -67,5 +68,24 @@ struct Gradients {
 // projection, q/k/v and o biases, clip_qkv, gated or ungated shared experts, dense layers, tied embeddings). Throws
 // InputError for n < 2 or a token outside the vocabulary.
 Gradients loss_and_gradients(const Model& model, std::span<const int32_t> tokens, const GradientOptions& opt = {});
+
+// Losses and gradient events of several sequences, layer-major, for models too large to hold in f32 at once (GLAS
+// on a real MoE): the forward takes every sequence through layer l before layer l + 1 is read and keeps only each
+// layer's input (n × n_embd per sequence and layer); the backward takes every sequence back through layer l,
+// recomputing its activations from that input, before layer l − 1. Layers not resident are loaded when reached and
+// released when done with, so a lazily loaded model (LoadOptions::lazy_layers) holds one decoder layer's weights at a
+// time (layers resident before the call stay). The sequences of a layer run concurrently, one per thread (threads
+// <= 0: num_threads()); on_linear_grad and forward_hooks(seq)'s hooks are called on those threads with the
+// sequence's index. Each sequence's loss and events equal loss_and_gradients' without weight gradients (same
+// routed_experts_only), bit for bit. progress may cancel between layers (Cancelled).
+struct SequenceGradientOptions {
+    bool                                                 routed_experts_only = false;
+    std::function<void(int seq, const LinearGradEvent&)> on_linear_grad;
+    std::function<Hooks(int seq)>                        forward_hooks; // optional observers of the forward
+    std::function<void(int layer)> on_layer_done; // on the calling thread, after every sequence's backward of a layer
+};
+std::vector<double> layerwise_losses_and_events(Model& model, std::span<const std::vector<int32_t>> sequences,
+                                                const SequenceGradientOptions& opt, int threads = 0,
+                                                const ProgressFn& progress = {});
 
 } // namespace moebius

@@ -105,10 +105,65 @@ const GradientStats::Entry* GradientStats::find(int layer, LinearKind kind, int 
     return it == entries.end() ? nullptr : &it->second;
 }
 
-GradientStats collect_gradient_stats(const Model& model, const CalibrationSet& calib, const ProgressFn& progress,
-                                     bool routed_experts_only, const std::function<Hooks(int)>& forward_hooks) {
+namespace {
+
+// One sample's events summed into p (the routed experts' entries, or every linear's).
+void add_event(GradientStats& p, const LinearGradEvent& e) {
+    auto& en = p.entries[{e.layer, (int)e.kind, e.expert}];
+    if (en.sum_sq.empty()) en.sum_sq.assign(e.out, 0.0);
+    en.tokens += e.n;
+    for (int t = 0; t < e.n; ++t)
+        for (int r = 0; r < e.out; ++r) {
+            const double d = e.dz[(size_t)t * e.out + r];
+            en.sum_sq[r] += d * d;
+        }
+}
+
+// gs += p entry by entry (called for the samples in order: the sums do not depend on how they were scheduled).
+void merge(GradientStats& gs, const GradientStats& p) {
+    for (const auto& [key, e] : p.entries) {
+        auto& en = gs.entries[key];
+        if (en.sum_sq.empty()) en.sum_sq.assign(e.sum_sq.size(), 0.0);
+        en.tokens += e.tokens;
+        for (size_t r = 0; r < e.sum_sq.size(); ++r) en.sum_sq[r] += e.sum_sq[r];
+    }
+}
+
+// f32 bytes of every decoder layer's weights.
+int64_t decoder_f32_bytes(const ModelSpec& s) {
+    const int64_t embeddings = (int64_t)s.n_vocab * s.n_embd * (s.tie_word_embeddings ? 1 : 2);
+    return 4 * (s.total_params() - embeddings - s.n_embd);
+}
+
+} // namespace
+
+GradientStats collect_gradient_stats(Model& model, const CalibrationSet& calib, const ProgressFn& progress,
+                                     bool routed_experts_only, const std::function<Hooks(int)>& forward_hooks,
+                                     int64_t max_resident_bytes) {
     GradientStats gs;
-    const int     N = (int)calib.samples.size(), T = num_threads();
+    const int     N = (int)calib.samples.size(), T = num_threads(), L = model.spec().n_layer;
+    bool          resident = true;
+    for (int il = 0; il < L; ++il) resident = resident && model.layer_loaded(il);
+    if (!resident && decoder_f32_bytes(model.spec()) > max_resident_bytes) {
+        // Layer-major: the samples' entries of the current layer, merged in sample order when it is done.
+        std::vector<GradientStats> part(N);
+        SequenceGradientOptions    so;
+        so.routed_experts_only = routed_experts_only;
+        so.forward_hooks       = forward_hooks;
+        so.on_linear_grad      = [&part](int s, const LinearGradEvent& e) { add_event(part[s], e); };
+        so.on_layer_done       = [&](int) {
+            for (GradientStats& p : part) {
+                merge(gs, p);
+                p.entries.clear();
+            }
+        };
+        layerwise_losses_and_events(model, calib.samples, so, T, [&](const Progress& p) {
+            report_progress(progress, p.fraction, "gradients, layer by layer: " + p.stage);
+            return true;
+        });
+        return gs;
+    }
+    for (int il = 0; il < L; ++il) model.load_layer(il);
     // A round of T samples at a time (bounded memory), one per thread: every thread runs its sample's backward
     // single-threaded (nested regions are inactive) whether or not the others have work, so each sample's sums are
     // the same at any thread count.
@@ -132,16 +187,7 @@ GradientStats collect_gradient_stats(const Model& model, const CalibrationSet& c
                     observer          = forward_hooks(s0 + i);
                     opt.forward_hooks = &observer;
                 }
-                opt.on_linear_grad      = [&p = part[i]](const LinearGradEvent& e) {
-                    auto& en = p.entries[{e.layer, (int)e.kind, e.expert}];
-                    if (en.sum_sq.empty()) en.sum_sq.assign(e.out, 0.0);
-                    en.tokens += e.n;
-                    for (int t = 0; t < e.n; ++t)
-                        for (int r = 0; r < e.out; ++r) {
-                            const double d = e.dz[(size_t)t * e.out + r];
-                            en.sum_sq[r] += d * d;
-                        }
-                };
+                opt.on_linear_grad = [&p = part[i]](const LinearGradEvent& e) { add_event(p, e); };
                 loss_and_gradients(model, calib.samples[s0 + i], opt);
             } catch (...) {
 #pragma omp critical(moebius_gradient_failure)
@@ -149,13 +195,7 @@ GradientStats collect_gradient_stats(const Model& model, const CalibrationSet& c
             }
         }
         if (failure) std::rethrow_exception(failure);
-        for (const GradientStats& p : part)
-            for (const auto& [key, e] : p.entries) {
-                auto& en = gs.entries[key];
-                if (en.sum_sq.empty()) en.sum_sq.assign(e.sum_sq.size(), 0.0);
-                en.tokens += e.tokens;
-                for (size_t r = 0; r < e.sum_sq.size(); ++r) en.sum_sq[r] += e.sum_sq[r];
-            }
+        for (const GradientStats& p : part) merge(gs, p);
     }
     return gs;
 }

@@ -53,12 +53,19 @@ struct GradientStats {
     const Entry* find(int layer, LinearKind kind, int expert = -1) const;
 };
 // Samples run concurrently, one per thread; each sample's sums are added in sample order, so the result does not
-// depend on the thread count. The backward keeps the forward's activations while all threads' together fit in
-// 2 GiB, else recomputes them per layer (same result). routed_experts_only: entries for the routed experts only (cheaper backward).
+// depend on the thread count. routed_experts_only: entries for the routed experts only (cheaper backward).
 // forward_hooks (optional): forward_hooks(s) gives the hooks that observe sample s's FP forward (GradientOptions::
 // forward_hooks); they run on the sample's thread, concurrently with other samples'.
-GradientStats collect_gradient_stats(const Model& model, const CalibrationSet& calib, const ProgressFn& progress = {},
+// Memory: the backward needs the decoder's weights in f32. If every layer is resident (an eagerly loaded model), or the
+// lazily loaded ones all fit in max_resident_bytes, they are loaded and each sample runs forward and backward in turn
+// (keeping its activations while all threads' together fit in 2 GiB, else recomputing them per layer). Otherwise the
+// samples go layer by layer (layerwise_losses_and_events): one decoder layer resident at a time, each layer's input
+// kept per sample, activations recomputed in the backward (one more forward). The statistics are the same bit for
+// bit either way.
+constexpr int64_t k_gradient_resident_bytes = int64_t(4) << 30;
+GradientStats collect_gradient_stats(Model& model, const CalibrationSet& calib, const ProgressFn& progress = {},
                                      bool routed_experts_only = false,
-                                     const std::function<Hooks(int sample)>& forward_hooks = {});
+                                     const std::function<Hooks(int sample)>& forward_hooks = {},
+                                     int64_t max_resident_bytes = k_gradient_resident_bytes);
 
 } // namespace moebius::quant

@@ -120,3 +120,72 @@ TEST(Importance, GradientStatsIndependentOfThreadsAndExpertsOnlyMatch) {
     EXPECT_GT(experts, 0);
     EXPECT_EQ((size_t)experts, three.entries.size());
 }
+
+// A lazily loaded model too large for the resident budget (0 here) goes layer by layer with one decoder layer
+// resident: the statistics and what the forward hooks observe must equal the all-resident path's bit for bit, at
+// any thread count, with the routed experts only and with every linear; afterwards no layer is left loaded. On two
+// families: Qwen2-MoE (bundled, trained) and DeepSeek-MoE (a dense first layer below the lowest MoE layer).
+TEST(Importance, LayerByLayerGradientStatsEqualAllResident) {
+    for (const std::filesystem::path dir : {test::bundled_model(), test::random_model("deepseekmoe")}) {
+        auto              eager = Model::load(dir);
+        LoadOptions       lo;
+        lo.lazy_layers = true;
+        auto              lazy = Model::load(dir, {}, lo);
+        const ModelSpec&  s    = eager->spec();
+        CalibrationSet    set;
+        set.seqlen = 20;
+        for (int k = 0; k < 5; ++k) {
+            std::vector<int32_t> ids(20);
+            for (int t = 0; t < 20; ++t) ids[t] = (53 * k + 97 * t + 3) % s.n_vocab;
+            set.samples.push_back(ids);
+        }
+        // What a forward observer sees: every linear input, per sample, in order (the FP stream records from it).
+        auto observe = [](std::vector<std::vector<float>>& seen) {
+            return [&seen](int sample) {
+                Hooks h;
+                h.on_linear = [&v = seen[sample]](const LinearEvent& e) { v.insert(v.end(), e.x, e.x + (size_t)e.n * e.in); };
+                return h;
+            };
+        };
+        const int threads = num_threads();
+        for (bool experts_only : {true, false})
+            for (int t : {1, 3}) {
+                set_num_threads(t);
+                std::vector<std::vector<float>> seen_a(5), seen_b(5);
+                const GradientStats a = collect_gradient_stats(*eager, set, {}, experts_only, observe(seen_a));
+                std::vector<std::string> stages;
+                const GradientStats b = collect_gradient_stats(*lazy, set, [&](const Progress& p) {
+                    stages.push_back(p.stage);
+                    return true;
+                }, experts_only, observe(seen_b), /*max_resident_bytes=*/0);
+                set_num_threads(threads);
+                SCOPED_TRACE(dir.filename().string() + (experts_only ? " experts only" : " every linear") +
+                             ", threads " + std::to_string(t));
+                ASSERT_FALSE(stages.empty());
+                EXPECT_NE(stages.front().find("layer by layer"), std::string::npos) << stages.front();
+                ASSERT_EQ(a.entries.size(), b.entries.size());
+                ASSERT_FALSE(a.entries.empty());
+                for (const auto& [key, e] : a.entries) {
+                    const auto it = b.entries.find(key);
+                    ASSERT_TRUE(it != b.entries.end());
+                    EXPECT_EQ(it->second.tokens, e.tokens);
+                    EXPECT_TRUE(it->second.sum_sq == e.sum_sq) << std::get<0>(key) << " " << std::get<1>(key);
+                }
+                EXPECT_TRUE(seen_a == seen_b);
+                for (int il = 0; il < s.n_layer; ++il) EXPECT_FALSE(lazy->layer_loaded(il)) << il;
+            }
+    }
+}
+
+// Cancelling between layers stops the layer-by-layer pass with Cancelled.
+TEST(Importance, LayerByLayerGradientStatsCancel) {
+    LoadOptions lo;
+    lo.lazy_layers = true;
+    auto           m = Model::load(test::bundled_model(), {}, lo);
+    CalibrationSet set;
+    set.seqlen  = 8;
+    set.samples = {{5, 6, 7, 8, 9, 10, 11, 12}};
+    int calls   = 0;
+    EXPECT_THROW(collect_gradient_stats(*m, set, [&](const Progress&) { return ++calls < 3; }, true, {}, 0), Cancelled);
+    EXPECT_EQ(calls, 3);
+}
