@@ -618,14 +618,15 @@ std::vector<double> layerwise_losses_and_events(Model& model, std::span<const st
 
     // Per sequence: the options loss_and_gradients would get (events tagged with the sequence), a context, and each
     // layer's input residual xs[s][l] (n, H), l = 0..n_layer.
-    std::vector<GradientOptions>                 opts(N);
+    GradientOptions what;
+    what.weight_grads        = false;
+    what.routed_experts_only = sopt.routed_experts_only;
+    std::vector<GradientOptions>                 opts(N, what);
     std::vector<Gradients>                       G(N);
     std::vector<std::unique_ptr<Ctx>>            ctx(N);
     std::vector<std::vector<std::vector<float>>> xs(N, std::vector<std::vector<float>>(nl + 1));
     for (int s = 0; s < N; ++s) {
-        const int n               = (int)sequences[s].size();
-        opts[s].weight_grads        = false;
-        opts[s].routed_experts_only = sopt.routed_experts_only;
+        const int n = (int)sequences[s].size();
         if (sopt.on_linear_grad) opts[s].on_linear_grad = [&sopt, s](const LinearGradEvent& e) { sopt.on_linear_grad(s, e); };
         ctx[s] = std::make_unique<Ctx>(Ctx{model, spec, n, opts[s], G[s], std::vector<int>(n)});
         std::iota(ctx[s]->positions.begin(), ctx[s]->positions.end(), 0);
@@ -648,7 +649,7 @@ std::vector<double> layerwise_losses_and_events(Model& model, std::span<const st
         }
         if (failure) std::rethrow_exception(failure);
     };
-    const int lowest = lowest_layer(model, opts.empty() ? GradientOptions{} : opts[0]);
+    const int lowest = lowest_layer(model, what);
     const int bottom = std::max(lowest, 0);
     const int steps  = nl + (nl - bottom) + 1;
     int       step   = 0;
@@ -667,6 +668,7 @@ std::vector<double> layerwise_losses_and_events(Model& model, std::span<const st
             Hooks observer;
             if (sopt.forward_hooks) observer = sopt.forward_hooks(s);
             model.forward_layer(il, xs[s][il + 1].data(), ctx[s]->n, nullptr, sopt.forward_hooks ? &observer : nullptr);
+            if (il < bottom) std::vector<float>().swap(xs[s][il]); // below the backward's reach
         });
         // Read again by the backward; the top layer is its first, so it stays.
         if (il < nl - 1 || il < bottom) release(il);
@@ -683,9 +685,10 @@ std::vector<double> layerwise_losses_and_events(Model& model, std::span<const st
         report("backward: layer " + std::to_string(il + 1) + "/" + std::to_string(nl));
         model.load_layer(il);
         each_sequence([&](int s) {
+            // The activations recorded again from the layer's input (loss_and_gradients' path when they do not fit).
             LayerActs          A;
-            std::vector<float> h = xs[s][il]; // (n, H): recorded again from the layer's input, as loss_and_gradients
-            record_layer(*ctx[s], il, h.data(), A); // does when the activations do not fit
+            std::vector<float> h = xs[s][il]; // (n, H)
+            record_layer(*ctx[s], il, h.data(), A);
             layer_backward(*ctx[s], il, xs[s][il].data(), dx[s].data(), A, il == lowest);
             std::vector<float>().swap(xs[s][il]);
         });
