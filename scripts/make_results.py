@@ -40,11 +40,11 @@ CONFIGS = [
     ("GPTQ 3-bit g128, EBSS set", ["--method", "gptq", "--bits", "3"], "ebss"),
     ("GPTVQ 2-bit (D=2)", ["--method", "gptvq", "--bits", "2", "--vq-dim", "2"], "random"),
     ("GPTVQ 3-bit (D=2)", ["--method", "gptvq", "--bits", "3", "--vq-dim", "2"], "random"),
-    # GPTVQ's codebook quantization: int8 centroids, one f16 scale per codebook; the default group halves (2048
-    # weights at 2 bits), so the codebooks still cost 1/8 bit and there are twice as many.
     # GPTVQ's codebook update after the sweep (codes fixed; least-squares steps, each kept only when it helps).
     ("GPTVQ 2-bit (D=2), codebook refinement (5 steps)",
      ["--method", "gptvq", "--bits", "2", "--vq-dim", "2", "--vq-refine", "5"], "random"),
+    # GPTVQ's codebook quantization: int8 centroids, one f16 scale per codebook; the default group halves (2048
+    # weights at 2 bits), so the codebooks still cost 1/8 bit and there are twice as many.
     ("GPTVQ 2-bit (D=2), 8-bit codebooks", ["--method", "gptvq", "--bits", "2", "--vq-dim", "2", "--codebook-bits", "8"],
      "random"),
     ("GPTVQ 3-bit (D=2), 8-bit codebooks", ["--method", "gptvq", "--bits", "3", "--vq-dim", "2", "--codebook-bits", "8"],

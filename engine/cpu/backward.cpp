@@ -634,21 +634,6 @@ std::vector<double> layerwise_losses_and_events(Model& model, std::span<const st
         model.embed(sequences[s].data(), n, xs[s][0].data());
         G[s].n_predictions = n - 1;
     }
-    // Every sequence of a layer, one per thread (each single-threaded inside, as collect_gradient_stats runs them):
-    // the first exception is rethrown after the region.
-    auto each_sequence = [&](const auto& fn) {
-        std::exception_ptr failure;
-#pragma omp parallel for schedule(static, 1) num_threads(T)
-        for (int s = 0; s < N; ++s) {
-            try {
-                fn(s);
-            } catch (...) {
-#pragma omp critical(moebius_layerwise_failure)
-                if (!failure) failure = std::current_exception();
-            }
-        }
-        if (failure) std::rethrow_exception(failure);
-    };
     const int lowest = lowest_layer(model, what);
     const int bottom = std::max(lowest, 0);
     const int steps  = nl + (nl - bottom) + 1;
@@ -663,7 +648,7 @@ std::vector<double> layerwise_losses_and_events(Model& model, std::span<const st
     for (int il = 0; il < nl; ++il) {
         report("forward: layer " + std::to_string(il + 1) + "/" + std::to_string(nl));
         model.load_layer(il);
-        each_sequence([&](int s) {
+        parallel_for_each(N, T, [&](int s) { // one sequence per thread, as collect_gradient_stats runs them
             xs[s][il + 1] = xs[s][il];
             Hooks observer;
             if (sopt.forward_hooks) observer = sopt.forward_hooks(s);
@@ -676,7 +661,7 @@ std::vector<double> layerwise_losses_and_events(Model& model, std::span<const st
     report("loss");
     std::vector<double>             loss(N);
     std::vector<std::vector<float>> dx(N);
-    each_sequence([&](int s) {
+    parallel_for_each(N, T, [&](int s) {
         dx[s].resize((size_t)ctx[s]->n * H);
         loss[s] = head_backward(*ctx[s], sequences[s], xs[s][nl].data(), dx[s].data());
         std::vector<float>().swap(xs[s][nl]);
@@ -684,7 +669,7 @@ std::vector<double> layerwise_losses_and_events(Model& model, std::span<const st
     for (int il = nl - 1; il >= bottom; --il) {
         report("backward: layer " + std::to_string(il + 1) + "/" + std::to_string(nl));
         model.load_layer(il);
-        each_sequence([&](int s) {
+        parallel_for_each(N, T, [&](int s) {
             // The activations recorded again from the layer's input (loss_and_gradients' path when they do not fit).
             LayerActs          A;
             std::vector<float> h = xs[s][il]; // (n, H)

@@ -7,7 +7,6 @@
 #include <Eigen/Cholesky>
 #include <Eigen/Core>
 #include <algorithm>
-#include <exception>
 
 namespace moebius::quant {
 
@@ -172,29 +171,22 @@ GradientStats collect_gradient_stats(Model& model, const CalibrationSet& calib, 
         report_progress(progress, (double)s0 / N,
                         "gradients: samples " + std::to_string(s0 + 1) + "-" + std::to_string(s0 + m) + "/" + std::to_string(N));
         std::vector<GradientStats> part(m);
-        std::exception_ptr         failure;
-#pragma omp parallel for schedule(static, 1) num_threads(T)
-        for (int i = 0; i < T; ++i) {
-            if (i >= m) continue;
-            try { // exceptions must not cross the OpenMP region: keep the first, rethrow below
-                GradientOptions opt;
-                opt.weight_grads        = false;
-                opt.routed_experts_only = routed_experts_only;
-                // The kept activations of all concurrent samples together stay within 2 GiB.
-                opt.max_activation_bytes = (size_t(2) << 30) / T;
-                Hooks observer;
-                if (forward_hooks) {
-                    observer          = forward_hooks(s0 + i);
-                    opt.forward_hooks = &observer;
-                }
-                opt.on_linear_grad = [&p = part[i]](const LinearGradEvent& e) { add_event(p, e); };
-                loss_and_gradients(model, calib.samples[s0 + i], opt);
-            } catch (...) {
-#pragma omp critical(moebius_gradient_failure)
-                if (!failure) failure = std::current_exception();
+        // Every thread gets an index (those past m idle), so each sample runs single-threaded at any thread count.
+        parallel_for_each(T, T, [&](int i) {
+            if (i >= m) return;
+            GradientOptions opt;
+            opt.weight_grads        = false;
+            opt.routed_experts_only = routed_experts_only;
+            // The kept activations of all concurrent samples together stay within 2 GiB.
+            opt.max_activation_bytes = (size_t(2) << 30) / T;
+            Hooks observer;
+            if (forward_hooks) {
+                observer          = forward_hooks(s0 + i);
+                opt.forward_hooks = &observer;
             }
-        }
-        if (failure) std::rethrow_exception(failure);
+            opt.on_linear_grad = [&p = part[i]](const LinearGradEvent& e) { add_event(p, e); };
+            loss_and_gradients(model, calib.samples[s0 + i], opt);
+        });
         for (const GradientStats& p : part) merge(gs, p);
     }
     return gs;

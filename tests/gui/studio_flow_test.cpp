@@ -232,7 +232,10 @@ TEST(StudioFlow, VqOptionsReachTheCheckpoint) {
     qp->runQuantization();
     ASSERT_TRUE(waitForJob(qp->job()));
     ASSERT_NE(qp->result(), nullptr) << qp->controls()->statusText().toStdString();
-    EXPECT_NEAR(qp->result()->bits_per_weight, 2.1328, 1e-4); // 1/8 bit of codebooks + 16 bits per 2,048 weights
+    // 2-bit codes, and per codebook of 2,048 weights (8-bit default group 64·K·D, K = 16, D = 2) K·D int8 centroids
+    // and one f16 scale.
+    const double K = 16, D = 2, group = 64 * K * D;
+    EXPECT_NEAR(qp->result()->bits_per_weight, 2 + (8 * K * D + 16) / group, 1e-4);
     QFile f(tmp.filePath("gptvq2/config.json"));
     ASSERT_TRUE(f.open(QIODevice::ReadOnly));
     const auto cfg = nlohmann::json::parse(f.readAll().toStdString());

@@ -126,7 +126,7 @@ TEST(Importance, GradientStatsIndependentOfThreadsAndExpertsOnlyMatch) {
 // any thread count, with the routed experts only and with every linear; afterwards no layer is left loaded. On two
 // families: Qwen2-MoE (bundled, trained) and DeepSeek-MoE (a dense first layer below the lowest MoE layer).
 TEST(Importance, LayerByLayerGradientStatsEqualAllResident) {
-    for (const std::filesystem::path dir : {test::bundled_model(), test::random_model("deepseekmoe")}) {
+    for (const std::filesystem::path& dir : {test::bundled_model(), test::random_model("deepseekmoe")}) {
         auto              eager = Model::load(dir);
         LoadOptions       lo;
         lo.lazy_layers = true;
